@@ -9,6 +9,8 @@
 set -euo pipefail
 
 IMAGE="${LAB_IMAGE:-unistra-itop/debian12-systemd:latest}"
+# The image is labelled with this script's checksum: changing the recipe rebuilds it, anything else reuses it.
+RECIPE=$(sha256sum "$0" | cut -c1-16)
 REBUILD=0
 [ "${1:-}" = "--rebuild" ] && REBUILD=1
 
@@ -74,9 +76,10 @@ build_image() {
   printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
   chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
   cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+  # apt lists stay in the image: roles install packages without a first `apt-get update`
   chroot "$rootfs" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       --no-install-recommends systemd systemd-sysv dbus python3 python3-apt sudo ca-certificates iproute2 procps \
-      && apt-get clean && rm -rf /var/lib/apt/lists/*' >>/var/log/unistra-itop-debootstrap.log 2>&1 \
+      && apt-get clean' >>/var/log/unistra-itop-debootstrap.log 2>&1 \
     || { tail -n 20 /var/log/unistra-itop-debootstrap.log >&2; die "installing systemd/python3 in the chroot failed"; }
   rm -f "$rootfs/usr/sbin/policy-rc.d" "$rootfs/etc/resolv.conf"
   # Units that only make sense on a real machine slow down or fail a container boot.
@@ -87,7 +90,8 @@ build_image() {
   : >"$rootfs/etc/machine-id"
   log "importing as $IMAGE"
   tar -C "$rootfs" -c . | docker import \
-    -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' - "$IMAGE" >/dev/null
+    -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' \
+    -c "LABEL org.unistra.itop.recipe=$RECIPE" - "$IMAGE" >/dev/null
   rm -rf "$rootfs"
   trap - EXIT
 }
@@ -95,7 +99,8 @@ build_image() {
 ensure_tools
 mkdir -p /var/cache/unistra-itop/apt-archives/partial
 ensure_dockerd
-if [ "$REBUILD" -eq 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+current=$(docker image inspect -f '{{ index .Config.Labels "org.unistra.itop.recipe" }}' "$IMAGE" 2>/dev/null || true)
+if [ "$REBUILD" -eq 0 ] && [ "$current" = "$RECIPE" ]; then
   log "reusing existing image $IMAGE"
 else
   build_image
