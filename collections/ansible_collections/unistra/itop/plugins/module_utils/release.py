@@ -285,9 +285,16 @@ class ArtifactCache:
         return os.path.join(self.cache_dir, sha256)
 
     def get(self, artifact: Artifact) -> tuple[str, bool]:
-        """Return (path of the verified file in the cache, True if it was downloaded now)."""
+        """Return (path of the verified file in the cache, True if it was downloaded now).
+
+        A cached file is reused only for a URI it was already fetched from: a manifest whose sha256 belongs to another
+        artifact (a copy-paste error) then fails on every host alike instead of deploying the wrong bytes where they
+        happen to be cached.
+        """
         cached = self.path_for(artifact.sha256)
-        if os.path.isfile(cached):
+        source = redact_uri(artifact.uri)
+        known = self._known_uris(artifact.sha256)
+        if os.path.isfile(cached) and source in known:
             if sha256_file(cached) == artifact.sha256:
                 return cached, False
             # A corrupted cache entry must never be unpacked: drop it and fetch again.
@@ -302,14 +309,26 @@ class ArtifactCache:
                 os.fsync(out.fileno())
             if actual != artifact.sha256:
                 raise ReleaseError(
-                    f"checksum mismatch for {redact_uri(artifact.uri)}: expected sha256 {artifact.sha256}, got "
-                    f"{actual}. Nothing was unpacked: fix the manifest or the artifact store."
+                    f"checksum mismatch for {source}: expected sha256 {artifact.sha256}, got {actual}. Nothing was "
+                    "unpacked: fix the manifest or the artifact store."
                 )
             os.replace(tmp, cached)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        write_json_atomic(self._uris_path(artifact.sha256), sorted({*known, source}), mode=0o640)
         return cached, True
+
+    def _uris_path(self, sha256: str) -> str:
+        return os.path.join(self.cache_dir, f"{sha256}.uris")
+
+    def _known_uris(self, sha256: str) -> set[str]:
+        try:
+            with open(self._uris_path(sha256), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return set()
+        return {item for item in data if isinstance(item, str)} if isinstance(data, list) else set()
 
     def _download(self, artifact: Artifact, out: IO[bytes]) -> str:
         scheme = urlparse(artifact.uri).scheme
@@ -528,7 +547,12 @@ def _tar_entry(info: tarfile.TarInfo, mapper: _SubdirMapper, label: str) -> _Ent
     mapped = mapper.map(name, kind, label)
     if kind == KIND_HARDLINK:
         # A hard link names another member of the archive: same rules as a member name, and inside subdir.
-        target = _archive_name(info.linkname, label)
+        try:
+            target = _archive_name(info.linkname, label)
+        except ReleaseError:
+            raise ReleaseError(
+                f"refusing archive {label}: hard link {info.name!r} -> {info.linkname!r} points outside the release"
+            ) from None
         link = (mapper.map(target, KIND_FILE, label) or "") if mapper.subdir else target
         if mapped is not None and not link:
             raise ReleaseError(
@@ -792,7 +816,7 @@ def _is_tmp_dir_busy(path: str) -> bool:
 
 
 def empty_journal() -> dict[str, Any]:
-    return {"schema": SCHEMA_VERSION, "seq": 0, "releases": {}, "history": []}
+    return {"schema": SCHEMA_VERSION, "seq": 0, "previous": None, "releases": {}, "history": []}
 
 
 def load_journal(path: str) -> dict[str, Any]:
@@ -813,6 +837,7 @@ def load_journal(path: str) -> dict[str, Any]:
             f"reads schema {SCHEMA_VERSION}: upgrade the unistra.itop collection"
         )
     data.setdefault("seq", 0)
+    data.setdefault("previous", None)
     data.setdefault("releases", {})
     data.setdefault("history", [])
     return data
@@ -935,6 +960,13 @@ class ReleaseManager:
         return record if isinstance(record, dict) else None
 
     def _previous(self, state: _State) -> str | None:
+        """The release that was current just before the current one (whatever its state), if still journaled."""
+        previous = state.journal.get("previous")
+        if previous and previous != state.current and previous in state.journal["releases"]:
+            return str(previous)
+        return None
+
+    def _rollback_target(self, state: _State) -> str | None:
         """The release a rollback goes to: the last one activated before current, not bad/failed, still on disk."""
         best: tuple[int, str] | None = None
         for release, record in state.journal["releases"].items():
@@ -963,6 +995,7 @@ class ReleaseManager:
             "root": self.root,
             "current": state.current,
             "previous": self._previous(state),
+            "rollback_target": self._rollback_target(state),
             "releases": [
                 {
                     "id": r.get("id"),
@@ -1199,7 +1232,7 @@ class ReleaseManager:
             else:
                 if current is None:
                     raise ReleaseError(f"nothing to roll back in {self.root}: no release is current")
-                target = self._previous(state)
+                target = self._rollback_target(state)
                 if target is None:
                     raise ReleaseError(
                         f"no release to roll back to in {self.root}: no release activated before {current} is still "
@@ -1249,6 +1282,8 @@ class ReleaseManager:
                 raise ReleaseError(f"cannot switch {self.current_link} to releases/{rid}: {exc}") from None
             _fsync_dir(self.root)
         entry = self._event(state, event, release=rid, **{"from": previous}, reason=reason)
+        if previous and previous != rid:
+            state.journal["previous"] = previous
         for other_id, other in state.journal["releases"].items():
             if other_id != rid and other.get("state") == STATE_ACTIVE:
                 other["state"] = STATE_INACTIVE
@@ -1267,7 +1302,8 @@ class ReleaseManager:
         if not isinstance(keep, int) or keep < 0:
             raise ReleaseError(f"keep must be a non-negative integer, got {keep!r}")
         with self._guarded(write=True) as state:
-            removed = select_prunable(state.journal["releases"], state.current, self._previous(state), keep)
+            protected = {state.current, self._previous(state), self._rollback_target(state)}
+            removed = select_prunable(state.journal["releases"], keep, {rid for rid in protected if rid})
             leftovers = self._leftovers()
             changed = bool(removed or leftovers)
             if not self.check_mode:
@@ -1427,16 +1463,14 @@ class ReleaseManager:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def select_prunable(
-    releases: Mapping[str, Mapping[str, Any]], current: str | None, previous: str | None, keep: int
-) -> list[str]:
+def select_prunable(releases: Mapping[str, Mapping[str, Any]], keep: int, protected: Iterable[str]) -> list[str]:
     """Release ids to remove.
 
-    Never-activated failed releases go and do not count. Of the activated releases the ``keep`` most recently
-    activated (journal order, never mtime) stay, and current and previous always stay. Prepared, never-activated
-    releases stay: they may be about to be switched to.
+    ``protected`` (current, previous and the rollback target) always stays. Never-activated failed releases go and
+    do not count. Of the activated releases, the ``keep`` most recently activated (journal order, never mtime) stay,
+    protected ones included. Prepared, never-activated releases stay: they may be about to be switched to.
     """
-    protected = {rid for rid in (current, previous) if rid}
+    protected = set(protected)
     removed = []
     activated = []
     for rid, record in releases.items():

@@ -153,7 +153,8 @@ options:
 notes:
   - O(operation=rollback) without O(release) moves one step back each time it runs; name the target for an idempotent
     rollback.
-  - The C(previous) release is the one a rollback would go to, so prune never removes it.
+  - Prune never removes the current release, the previous one (RV(previous)) nor the one a rollback would go to
+    (RV(rollback_target)).
 """
 
 EXAMPLES = r"""
@@ -235,7 +236,16 @@ current:
   type: str
   sample: 2026.11.28-1
 previous:
-  description: The release a rollback would go to (last activated before current, not bad or failed), or null.
+  description:
+    - The release that was current just before the current one (even if it was since marked bad), or null.
+    - Prune never removes it.
+  returned: always
+  type: str
+  sample: 2026.11.20-3
+rollback_target:
+  description:
+    - The release a rollback without O(release) would go to (the last one activated before current that is not bad
+      or failed and still present), or null. Prune never removes it.
   returned: always
   type: str
   sample: 2026.11.20-3
