@@ -1,0 +1,527 @@
+"""The ``itopctl`` command line. Errors are :class:`ItopctlError`, caught once here: message + exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .config import OPTIONS, Settings, load_settings
+from .errors import ExitCode, ItopctlError, bad_input
+from .manifest import check_release_id, load_manifest
+from .pipeline import Pipeline, load_pipeline, parse_duration
+from .store import Store, iso, redact_url, utcnow
+
+
+class Context:
+    """What a command needs, opened on first use (a read command never imports ansible-runner)."""
+
+    def __init__(self, args: argparse.Namespace, environ: dict[str, str], out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.environ = environ
+        self.out = out
+        self.err = err
+        cli_values = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
+        self.settings: Settings = load_settings(cli_values, environ, getattr(args, "config", None))
+        self._store: Store | None = None
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(str(self.settings.state_url))
+        return self._store
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(Path(self.settings.pipeline))
+        return self._pipeline
+
+    @property
+    def user(self) -> str:
+        return str(self.settings.user)
+
+    def orchestrator(self, with_runner: bool) -> Any:
+        from .engine import Orchestrator  # noqa: PLC0415
+        from .runner import ConsoleDisplay, PlaybookRunner  # noqa: PLC0415
+
+        display = ConsoleDisplay(self.err)
+        runner = None
+        if with_runner:
+            runner = PlaybookRunner(
+                Path(self.settings.runs_dir),
+                keep=int(self.settings.keep_runs),
+                passthrough=self.settings.env_passthrough,
+                secret_names=self.settings.secret_env,
+                environment=self.pipeline.environment,
+                display=display,
+                environ=self.environ,
+            )
+        return Orchestrator(
+            self.pipeline,
+            self.store,
+            runner=runner,
+            user=self.user,
+            lock_lease=int(self.settings.lock_lease),
+            display=display,
+        )
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # -- output -----------------------------------------------------------------------------------------
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, default=_jsonable), file=self.out)
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _short(timestamp: str | None) -> str:
+    return (timestamp or "")[:19].replace("T", " ")
+
+
+# -- release ----------------------------------------------------------------------------------------------
+def cmd_release_add(ctx: Context, args: argparse.Namespace) -> int:
+    manifest = load_manifest(Path(args.manifest))
+    added = ctx.store.add_release(manifest, ctx.user, utcnow())
+    if args.json:
+        ctx.json({"release": manifest.id, "added": added, "digest": manifest.digest})
+    else:
+        what = "added" if added else "already present, identical"
+        ctx.print(f"release {manifest.id} {what} (components: {', '.join(manifest.components)})")
+    return ExitCode.OK
+
+
+def cmd_release_list(ctx: Context, args: argparse.Namespace) -> int:
+    releases = ctx.store.releases()
+    states = ctx.store.stage_states()
+    where: dict[str, list[str]] = {}
+    for stage, state in states.items():
+        if state.current_release:
+            where.setdefault(state.current_release, []).append(stage)
+    if args.json:
+        ctx.json(
+            [
+                {
+                    "id": r.id,
+                    "added_by": r.added_by,
+                    "added_at": r.added_at,
+                    "digest": r.digest,
+                    "components": sorted(r.manifest.get("components", {})),
+                    "rejected": r.rejected,
+                    "current_on": sorted(where.get(r.id, [])),
+                }
+                for r in releases
+            ]
+        )
+        return ExitCode.OK
+    rows = [
+        [
+            r.id,
+            _short(r.added_at),
+            r.added_by,
+            ",".join(sorted(r.manifest.get("components", {}))),
+            ",".join(sorted(where.get(r.id, []))),
+            f"REJECTED: {r.rejected.reason}" if r.rejected else "",
+        ]
+        for r in releases
+    ]
+    ctx.print(table(rows, ["release", "added", "by", "components", "current on", "rejected"]))
+    return ExitCode.OK
+
+
+def cmd_release_show(ctx: Context, args: argparse.Namespace) -> int:
+    release = ctx.store.require_release(args.id)
+    approvals = ctx.store.approvals(release.id)
+    deployments = ctx.store.deployments(release_id=release.id, limit=50)
+    if args.json:
+        ctx.json({"release": release, "approvals": approvals, "deployments": deployments})
+        return ExitCode.OK
+    ctx.print(
+        f"release {release.id}  (added {_short(release.added_at)} by {release.added_by}, digest {release.digest})"
+    )
+    if release.rejected:
+        ctx.print(
+            f"REJECTED by {release.rejected.rejected_by} at {_short(release.rejected.rejected_at)}: "
+            f"{release.rejected.reason}"
+        )
+    for name, comp in sorted(release.manifest.get("components", {}).items()):
+        ctx.print(f"  {name}: {comp.get('uri')} sha256={comp.get('sha256', '')[:12]}...")
+    if approvals:
+        ctx.print("approvals:")
+        for a in approvals:
+            ctx.print(f"  {a.stage}: {a.approver} at {_short(a.approved_at)}: {a.reason}")
+    if deployments:
+        ctx.print("deployments:")
+        ctx.print(_history_table(deployments))
+    return ExitCode.OK
+
+
+def cmd_release_reject(ctx: Context, args: argparse.Namespace) -> int:
+    check_release_id(args.id)
+    rejected = ctx.store.reject(args.id, ctx.user, args.reason, utcnow())
+    if args.json:
+        ctx.json({"release": args.id, "rejected": True, "new": rejected})
+    else:
+        ctx.print(f"release {args.id} rejected" if rejected else f"release {args.id} was already rejected")
+    return ExitCode.OK
+
+
+# -- promote / deploy / rollback -------------------------------------------------------------------------
+def _print_outcome(ctx: Context, args: argparse.Namespace, outcome: Any) -> int:
+    if args.json:
+        ctx.json(outcome)
+    else:
+        for gate in outcome.gates:
+            ctx.print(f"gate {gate.gate}: {'ok' if gate.ok else 'BLOCKED'} - {gate.detail}")
+        label = {"succeeded": "done", "nothing_to_do": "nothing to do", "ready": "ready"}.get(
+            outcome.status, outcome.status.upper()
+        )
+        dep = f" (deployment #{outcome.deployment.id})" if outcome.deployment else ""
+        ctx.print(f"{label}: {outcome.message}{dep}")
+    return int(outcome.exit_code)
+
+
+def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
+    check_release_id(args.id)
+    stage = args.to if args.command == "promote" else ctx.pipeline.first.name
+    outcome = ctx.orchestrator(with_runner=not args.check).promote(args.id, stage, check_only=args.check)
+    return _print_outcome(ctx, args, outcome)
+
+
+def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
+    if args.to:
+        check_release_id(args.to)
+    outcome = ctx.orchestrator(with_runner=True).rollback(args.stage, to=args.to, restore_db=args.restore_db)
+    return _print_outcome(ctx, args, outcome)
+
+
+def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
+    check_release_id(args.id)
+    stage = ctx.pipeline.stage(args.stage)
+    release = ctx.store.require_release(args.id)
+    if release.rejected:
+        raise ItopctlError(f"release {release.id} was rejected: it cannot be approved", ExitCode.REFUSED)
+    if not args.reason.strip():
+        raise bad_input("--reason must say why")
+    added = ctx.store.approve(release.id, stage.name, ctx.user, args.reason, utcnow())
+    if args.json:
+        ctx.json({"release": release.id, "stage": stage.name, "approver": ctx.user, "new": added})
+    else:
+        ctx.print(
+            f"{ctx.user} approved {release.id} for {stage.name}"
+            if added
+            else f"{ctx.user} had already approved {release.id} for {stage.name}"
+        )
+    return ExitCode.OK
+
+
+# -- status / history ------------------------------------------------------------------------------------
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    names = ctx.pipeline.names
+    states = ctx.store.stage_states()
+    locks = ctx.store.locks()
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        state = states.get(name)
+        lock = locks.get(name)
+        live_lock = lock if lock is not None and not lock.expired(now) else None
+        rows.append(
+            {
+                "stage": name,
+                "current": state.current_release if state else None,
+                "previous": state.previous_release if state else None,
+                "when": state.updated_at if state else None,
+                "who": state.updated_by if state else None,
+                "health": state.health if state else "never deployed",
+                "deployment": state.deployment_id if state else None,
+                "lock": (
+                    {"owner": live_lock.owner, "kind": live_lock.kind, "reason": live_lock.reason,
+                     "expires_at": live_lock.expires_at}
+                    if live_lock else None
+                ),
+            }
+        )  # fmt: skip
+    if args.json:
+        ctx.json(rows)
+        return ExitCode.OK
+    ctx.print(
+        table(
+            [
+                [
+                    r["stage"], r["current"], r["previous"], _short(r["when"]), r["who"], r["health"],
+                    f"{r['lock']['owner']} ({r['lock']['kind']}): {r['lock']['reason']}" if r["lock"] else "",
+                ]
+                for r in rows
+            ],
+            ["stage", "current", "previous", "when", "who", "health", "lock"],
+        )
+    )  # fmt: skip
+    return ExitCode.OK
+
+
+def _history_table(deployments: Sequence[Any]) -> str:
+    return table(
+        [
+            [
+                d.id, d.stage, d.kind, d.release_id, d.from_release, d.result, d.phase, d.started_by,
+                _short(d.started_at), f"{d.duration:.1f}s" if d.duration is not None else "", len(d.hosts),
+            ]
+            for d in deployments
+        ],
+        ["#", "stage", "kind", "release", "from", "result", "phase", "by", "started", "took", "hosts"],
+    )  # fmt: skip
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    if args.stage:
+        ctx.pipeline.stage(args.stage)
+    if args.release:
+        check_release_id(args.release)
+    deployments = ctx.store.deployments(stage=args.stage, release_id=args.release, limit=args.limit or None)
+    if args.json:
+        ctx.json(deployments)
+    else:
+        ctx.print(_history_table(deployments) if deployments else "no deployment recorded")
+    return ExitCode.OK
+
+
+# -- locks -------------------------------------------------------------------------------------------------
+def cmd_lock(ctx: Context, args: argparse.Namespace) -> int:
+    stage = ctx.pipeline.stage(args.stage)
+    lease = parse_duration(args.lease)
+    if not lease:
+        raise bad_input(f"--lease: not a duration: {args.lease!r} (e.g. 30m, 2h)")
+    if not args.reason.strip():
+        raise bad_input("--reason must say why")
+    handle = ctx.store.acquire_lock(
+        stage.name, owner=ctx.user, reason=args.reason, kind="manual", lease=lease, now=utcnow(), force=args.force
+    )
+    if args.json:
+        ctx.json({"lock": handle.record, "event": handle.event})
+    else:
+        ctx.print(f"{stage.name} locked by {ctx.user} until {_short(handle.record.expires_at)} ({handle.event})")
+    return ExitCode.OK
+
+
+def cmd_unlock(ctx: Context, args: argparse.Namespace) -> int:
+    stage = ctx.pipeline.stage(args.stage)
+    held = ctx.store.unlock(stage.name, owner=ctx.user, now=utcnow(), force=args.force, reason=args.reason or "")
+    if args.json:
+        ctx.json({"stage": stage.name, "released": held})
+    else:
+        ctx.print(f"{stage.name} unlocked (was held by {held.owner})" if held else f"{stage.name} was not locked")
+    return ExitCode.OK
+
+
+def cmd_locks(ctx: Context, args: argparse.Namespace) -> int:
+    locks = ctx.store.locks()
+    events = ctx.store.lock_events(args.stage, limit=args.limit)
+    if args.json:
+        ctx.json({"locks": list(locks.values()), "events": events})
+        return ExitCode.OK
+    ctx.print(
+        table(
+            [[lk.stage, lk.owner, lk.kind, lk.reason, _short(lk.expires_at)] for lk in locks.values()],
+            ["stage", "owner", "kind", "reason", "expires"],
+        )
+    )
+    ctx.print()
+    ctx.print(
+        table(
+            [[e.id, e.stage, e.event, e.owner, e.previous_owner, e.reason, _short(e.at)] for e in events],
+            ["#", "stage", "event", "by", "previous owner", "reason", "at"],
+        )
+    )
+    return ExitCode.OK
+
+
+# -- lab / config ------------------------------------------------------------------------------------------
+def cmd_lab_up(ctx: Context, args: argparse.Namespace) -> int:
+    from .lab import lab_up, wait_running  # noqa: PLC0415
+
+    stages = [s for s in (args.stages.split(",") if args.stages else ctx.pipeline.names) if s]
+    made = lab_up(
+        stages,
+        hosts_per_stage=args.hosts,
+        prefix=args.prefix,
+        inventory_dir=Path(args.inventory_dir),
+        image=args.image,
+    )
+    wait_running([h for s in made for h in s.hosts])
+    if args.json:
+        ctx.json(made)
+    else:
+        for s in made:
+            ctx.print(f"{s.stage}: network {s.network}, hosts {', '.join(s.hosts)}, inventory {s.inventory}")
+    return ExitCode.OK
+
+
+def cmd_lab_down(ctx: Context, args: argparse.Namespace) -> int:
+    from .lab import lab_down  # noqa: PLC0415
+
+    removed = lab_down(args.prefix)
+    if args.json:
+        ctx.json({"removed": removed})
+    else:
+        ctx.print(f"removed: {', '.join(removed)}" if removed else "nothing to remove")
+    return ExitCode.OK
+
+
+def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
+    values = {}
+    for name, setting in ctx.settings.sources().items():
+        value = setting.value
+        if name == "state_url":
+            value = redact_url(str(value))
+        values[name] = {"value": list(value) if isinstance(value, tuple) else value, "source": setting.source}
+    if args.json:
+        ctx.json(values)
+    else:
+        ctx.print(table([[k, v["value"], v["source"]] for k, v in values.items()], ["setting", "value", "source"]))
+    return ExitCode.OK
+
+
+# -- parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("settings (defaults < config file < environment < command line)")
+    g.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (default: ./itopctl.toml)")
+    for opt in OPTIONS:
+        if opt.name in ("env_passthrough", "secret_env"):
+            continue
+        g.add_argument(f"--{opt.name.replace('_', '-')}", default=argparse.SUPPRESS, help=f"{opt.help} [{opt.env}]")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    parser = argparse.ArgumentParser(
+        prog="itopctl",
+        parents=[common],
+        description="Promote unistra.itop releases through the pipeline's stages.",
+        epilog="exit codes: 0 done, 2 bad input, 3 refused (gate/lock/policy), 4 failed, 5 failed and rolled back, "
+        "130 interrupted at a phase boundary",
+    )
+    parser.add_argument("--version", action="version", version=f"itopctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[Context, argparse.Namespace], int], helptext: str, parent: Any = sub) -> Any:
+        p = parent.add_parser(name, parents=[common], help=helptext, description=helptext)
+        p.set_defaults(func=func)
+        return p
+
+    release = sub.add_parser("release", help="add, list, show, reject releases")
+    rsub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    p = add("add", cmd_release_add, "record a release manifest (immutable)", rsub)
+    p.add_argument("manifest", help="manifest file (YAML or JSON)")
+    add("list", cmd_release_list, "list releases", rsub)
+    p = add("show", cmd_release_show, "show a release, its approvals and deployments", rsub)
+    p.add_argument("id")
+    p = add("reject", cmd_release_reject, "reject a release for ever", rsub)
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+
+    for name, helptext in (
+        ("promote", "promote a release to a stage (gates, lock, prepare, switch in batches, verify)"),
+        ("deploy", "deploy a release to the first stage (same as promote --to <first stage>)"),
+    ):
+        p = add(name, cmd_promote, helptext)
+        p.add_argument("id")
+        if name == "promote":
+            p.add_argument("--to", required=True, metavar="STAGE")
+        p.add_argument("--check", action="store_true", help="check the gates only, change nothing")
+
+    p = add("approve", cmd_approve, "approve a release for a stage (recorded with who and when)")
+    p.add_argument("id")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--reason", required=True)
+
+    p = add("rollback", cmd_rollback, "roll a stage back to its previous good release (or --to ID)")
+    p.add_argument("stage")
+    p.add_argument("--to", metavar="ID")
+    p.add_argument("--restore-db", action="store_true", help="restore the database dump across a schema change")
+
+    add("status", cmd_status, "stages x current, previous, when, who, health, lock")
+    p = add("history", cmd_history, "deployments, newest first")
+    p.add_argument("--stage")
+    p.add_argument("--release")
+    p.add_argument("--limit", type=int, default=50, help="0 for all (default 50)")
+
+    p = add("lock", cmd_lock, "lock a stage (owner, reason, lease); --force takes it over (recorded)")
+    p.add_argument("stage")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--lease", default="1h", help="how long (e.g. 30m, 2h; default 1h)")
+    p.add_argument("--force", action="store_true")
+    p = add("unlock", cmd_unlock, "release your lock on a stage; --force breaks someone else's (recorded)")
+    p.add_argument("stage")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--reason")
+    p = add("locks", cmd_locks, "current locks and the lock audit trail")
+    p.add_argument("--stage")
+    p.add_argument("--limit", type=int, default=50)
+
+    lab = sub.add_parser("lab", help="the local docker lab")
+    lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    p = add("up", cmd_lab_up, "create the lab's networks, systemd containers and inventories", lsub)
+    p.add_argument("--stages", help="comma-separated (default: the pipeline's stages)")
+    p.add_argument("--hosts", type=int, default=2, help="containers per stage (default 2)")
+    p.add_argument("--prefix", default="lab")
+    p.add_argument("--inventory-dir", default="inventories/lab")
+    p.add_argument("--image", default="unistra-itop/debian12-systemd:latest")
+    p = add("down", cmd_lab_down, "remove the lab's containers and networks", lsub)
+    p.add_argument("--prefix", default="lab")
+
+    add("config", cmd_config, "show the settings and where each comes from")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else ExitCode.BAD_INPUT
+    if not hasattr(args, "json"):
+        args.json = False
+    ctx: Context | None = None
+    try:
+        ctx = Context(args, dict(os.environ), out, err)
+        return int(args.func(ctx, args))
+    except ItopctlError as exc:
+        print(f"itopctl: {exc}", file=err)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        print("itopctl: interrupted", file=err)
+        return int(ExitCode.INTERRUPTED)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+__all__ = ["build_parser", "iso", "main"]

@@ -1,0 +1,499 @@
+"""Promotion, rollback and gates: the orchestrator's decisions, on top of the store and the runner.
+
+A promotion is two-phase: ``prepare`` on every host (nothing switched if it fails), then ``switch`` in batches of
+``batch_size`` hosts, then ``verify``. A failure after the first host switched is undone by :func:`undo_switch`
+when the stage has ``auto_rollback``. Ctrl-C is honoured only between phases (never between switch batches).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import ExitCode, ItopctlError, bad_input, refused
+from .pipeline import Pipeline, Stage
+from .runner import ConsoleDisplay, Display, PhaseInterrupt, PlaybookRunner, RunResult
+from .sentry import record_deploy
+from .store import DeploymentRecord, ReleaseRecord, Store, parse_iso, utcnow
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    gate: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of promote/rollback, as printed (``--json`` prints it as is)."""
+
+    status: str  # succeeded | failed | rolled_back | interrupted | nothing_to_do | ready
+    message: str
+    exit_code: ExitCode
+    deployment: DeploymentRecord | None = None
+    gates: tuple[GateCheck, ...] = ()
+
+
+class PhaseFailed(Exception):
+    """A phase failed after hosts were switched: raised inside :func:`undo_switch`."""
+
+    def __init__(self, phase: str, message: str, run: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.message = message
+        self.run = run
+
+
+@dataclass
+class SwitchLedger:
+    """What :func:`undo_switch` knows: the hosts switched so far and whether the undo ran."""
+
+    switched: list[str] = field(default_factory=list)
+    rolled_back: bool = False
+    rollback_ok: bool = False
+    rollback_detail: str = ""
+
+
+@contextmanager
+def undo_switch(
+    rollback: Callable[[list[str]], RunResult] | None,
+) -> Iterator[SwitchLedger]:
+    """Yield a ledger of switched hosts; on any error inside, roll those hosts back (when ``rollback`` is given),
+    note it in the ledger, and re-raise. ``rollback=None`` means auto-rollback is off or there is nowhere to go."""
+    ledger = SwitchLedger()
+    try:
+        yield ledger
+    except BaseException:
+        if rollback is not None and ledger.switched:
+            ledger.rolled_back = True
+            try:
+                run = rollback(list(ledger.switched))
+                ledger.rollback_ok = run.ok
+                ledger.rollback_detail = f"rollback run {run.ident}: {run.status}" + (
+                    f", failed on {', '.join(run.failed_hosts)}" if run.failed_hosts else ""
+                )
+            except ItopctlError as exc:
+                ledger.rollback_detail = f"rollback could not run: {exc.message}"
+        raise
+
+
+def natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def batches(hosts: Sequence[str], size: int) -> list[list[str]]:
+    ordered = sorted(hosts, key=natural_key)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def _human(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        *,
+        runner: PlaybookRunner | None,
+        user: str,
+        lock_lease: int = 3600,
+        display: Display | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.runner = runner
+        self.user = user
+        self.lock_lease = lock_lease
+        self.display: Display = display or ConsoleDisplay()
+        self.clock = clock
+
+    # -- gates -----------------------------------------------------------------------------------------
+    def gates(self, release: ReleaseRecord, stage: Stage) -> list[GateCheck]:
+        """Every gate of ``stage`` for ``release``, passing or not, each with a sentence saying why."""
+        now = self.clock()
+        checks: list[GateCheck] = []
+        previous = self.pipeline.previous(stage)
+        if previous is not None:
+            state = self.store.stage_state(previous.name)
+            verified = self.store.verified_deployment(previous.name, release.id)
+            running = state.current_release if state else None
+            if running == release.id and verified is not None:
+                checks.append(
+                    GateCheck("previous-stage", True, f"{release.id} is deployed and verified on {previous.name}")
+                )
+            else:
+                why = f"{previous.name} runs {running}" if running else f"nothing is deployed on {previous.name}"
+                if running == release.id:
+                    why = f"{previous.name} runs {release.id} but it was not verified ({state.health if state else ''})"
+                checks.append(
+                    GateCheck(
+                        "previous-stage",
+                        False,
+                        f"{release.id} must be deployed and verified on {previous.name} first ({why}); "
+                        "stages cannot be skipped",
+                    )
+                )
+            if stage.gates.soak_seconds:
+                need = stage.gates.soak_seconds
+                if running == release.id and verified is not None and verified.finished_at:
+                    soaked = (now - parse_iso(verified.finished_at)).total_seconds()
+                    ok = soaked >= need
+                    detail = f"soaked {_human(soaked)} on {previous.name}, {_human(need)} required"
+                    if not ok:
+                        detail += f" (wait {_human(need - soaked)} more)"
+                    checks.append(GateCheck("soak", ok, detail))
+                else:
+                    checks.append(
+                        GateCheck("soak", False, f"needs {_human(need)} on {previous.name}, where it is not running")
+                    )
+        if stage.gates.approvals:
+            need_count = stage.gates.approvals
+            records = self.store.approvals(release.id, stage.name)
+            valid = sorted({a.approver for a in records if a.approver != self.user})
+            detail = f"{len(valid)} of {need_count} approval(s) for {stage.name}" + (
+                f" ({', '.join(valid)})" if valid else ""
+            )
+            if any(a.approver == self.user for a in records):
+                detail += f"; your own approval ({self.user}) does not count for your promotion"
+            checks.append(GateCheck("approvals", len(valid) >= need_count, detail))
+        frozen = [w for w in stage.gates.freeze if w.contains(now)]
+        if stage.gates.freeze:
+            checks.append(
+                GateCheck(
+                    "freeze",
+                    not frozen,
+                    f"{stage.name} is frozen: {frozen[0].describe()}" if frozen else "no freeze window now",
+                )
+            )
+        return checks
+
+    def _check_files(self, stage: Stage, phases: Sequence[str]) -> None:
+        problems = []
+        if not stage.inventory.exists():
+            problems.append(f"inventory of stage {stage.name} not found: {stage.inventory}")
+        problems += [
+            f"{phase} playbook of stage {stage.name} not found: {stage.playbooks[phase]}"
+            for phase in phases
+            if not stage.playbooks[phase].is_file()
+        ]
+        if problems:
+            raise bad_input(problems[0], problems[1:])
+
+    def _require_runner(self) -> PlaybookRunner:
+        if self.runner is None:
+            raise ItopctlError("no runner configured", ExitCode.INTERNAL)
+        return self.runner
+
+    def _extravars(self, release: ReleaseRecord, stage: Stage, deployment_id: int, **more: Any) -> dict[str, Any]:
+        return {
+            **stage.extra_vars,
+            "release_id": release.id,
+            "release_manifest": release.manifest,
+            "deploy_stage": stage.name,
+            "deploy_owner": self.user,
+            "deploy_batch_size": stage.batch_size,
+            "deploy_verify_checks": [vars(c) for c in stage.verify_checks],
+            "itopctl_deployment_id": deployment_id,
+            **more,
+        }
+
+    # -- promote ---------------------------------------------------------------------------------------
+    def promote(self, release_id: str, stage_name: str, *, check_only: bool = False) -> Outcome:
+        stage = self.pipeline.stage(stage_name)
+        release = self.store.require_release(release_id)
+        if release.rejected is not None:
+            raise refused(
+                f"release {release.id} was rejected by {release.rejected.rejected_by} at "
+                f"{release.rejected.rejected_at}: {release.rejected.reason!r}; it can never be promoted"
+            )
+        state = self.store.stage_state(stage.name)
+        if state is not None and state.current_release == release.id and state.health == "healthy":
+            return Outcome("nothing_to_do", f"{release.id} already runs on {stage.name}, verified", ExitCode.OK)
+        checks = tuple(self.gates(release, stage))
+        blocked = [c for c in checks if not c.ok]
+        if blocked:
+            raise refused(
+                f"promotion of {release.id} to {stage.name} refused by {len(blocked)} gate(s)",
+                [f"{c.gate}: {c.detail}" for c in blocked],
+            )
+        self._check_files(stage, ("prepare", "switch", "verify", "rollback"))
+        if check_only:
+            return Outcome("ready", f"{release.id} can be promoted to {stage.name}", ExitCode.OK, gates=checks)
+        runner = self._require_runner()
+        now = self.clock()
+        handle = self.store.acquire_lock(
+            stage.name, owner=self.user, reason=f"promote {release.id}", kind="deploy", lease=self.lock_lease, now=now
+        )
+        try:
+            current = state.current_release if state else None
+            deployment_id = self.store.start_deployment(
+                kind="promote", release_id=release.id, stage=stage.name, from_release=current, who=self.user, now=now
+            )
+            self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
+            interrupt = PhaseInterrupt(self.display)
+            with interrupt.installed():
+                outcome = self._promotion(runner, release, stage, current, deployment_id, interrupt, handle)
+            return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, checks)
+        finally:
+            self.store.release_handle(handle, self.clock())
+
+    def _promotion(
+        self,
+        runner: PlaybookRunner,
+        release: ReleaseRecord,
+        stage: Stage,
+        current: str | None,
+        deployment_id: int,
+        interrupt: PhaseInterrupt,
+        handle: Any,
+    ) -> Outcome:
+        store = self.store
+        idents: list[str] = []
+        extravars = self._extravars(release, stage, deployment_id)
+        project = self.pipeline.path.parent
+
+        def phase(name: str) -> None:
+            interrupt.phase = name
+            store.update_deployment(deployment_id, phase=name)
+            store.attach_lock(handle, deployment_id, self.lock_lease, self.clock())
+
+        def run(name: str, limit: list[str] | None, **more: Any) -> RunResult:
+            result = runner.run(
+                phase=name,
+                playbook=stage.playbooks[name if name != "rollback-switched" else "rollback"],
+                inventory=stage.inventory,
+                extravars={**extravars, "deploy_phase": name.split("-")[0], **more},
+                limit=limit,
+                project_dir=project,
+            )
+            idents.append(result.ident)
+            store.update_deployment(deployment_id, runner_idents=idents)
+            return result
+
+        def finish(
+            result: str, message: str, code: ExitCode, state: tuple[str | None, str | None, str] | None, **values: Any
+        ) -> Outcome:
+            record = store.finish_deployment(
+                deployment_id, result=result, now=self.clock(), stage_state=state, message=message, **values
+            )
+            return Outcome(result, message, code, record)
+
+        # 1. prepare on every host: a failure here switches nothing
+        phase("prepare")
+        prepared = run("prepare", None)
+        hosts = sorted(prepared.hosts, key=natural_key)
+        store.update_deployment(deployment_id, hosts=hosts)
+        if not prepared.ok:
+            where = ", ".join(prepared.failed_hosts) or f"status {prepared.status}, rc {prepared.rc}"
+            return finish("failed", f"prepare failed ({where}); nothing was switched", ExitCode.FAILED, None)
+        if not hosts:
+            return finish("failed", f"the inventory {stage.inventory} has no host for prepare", ExitCode.FAILED, None)
+        if interrupt.requested:
+            return finish("interrupted", "interrupted after prepare; nothing was switched", ExitCode.INTERRUPTED, None)
+
+        # 2. switch in batches, then 3. verify; a failure after a switch is undone by undo_switch
+        def rollback_switched(targets: list[str]) -> RunResult:
+            phase("rollback")
+            assert current is not None
+            return run("rollback-switched", targets, rollback_to=current, restore_db=False)
+
+        can_undo = stage.auto_rollback and current is not None
+        try:
+            with undo_switch(rollback_switched if can_undo else None) as ledger:
+                phase("switch")
+                for number, batch in enumerate(batches(hosts, stage.batch_size), start=1):
+                    result = run("switch", batch, deploy_batch=number)
+                    ledger.switched.extend(batch)
+                    store.update_deployment(deployment_id, switched_hosts=ledger.switched)
+                    if not result.ok:
+                        failed = ", ".join(result.failed_hosts) or f"status {result.status}"
+                        raise PhaseFailed("switch", f"switch failed in batch {number} ({failed})", result)
+                if interrupt.requested:
+                    return finish(
+                        "interrupted",
+                        f"interrupted after the switch: {len(hosts)} host(s) run {release.id}, NOT verified "
+                        f"(run `itopctl promote {release.id} --to {stage.name}` again to verify, or roll back)",
+                        ExitCode.INTERRUPTED,
+                        (release.id, current, "unverified"),
+                        switched_hosts=ledger.switched,
+                    )
+                phase("verify")
+                verified = run("verify", ledger.switched)
+                if not verified.ok:
+                    failed = ", ".join(verified.failed_hosts) or f"status {verified.status}"
+                    raise PhaseFailed("verify", f"verify failed ({failed})", verified)
+        except PhaseFailed as failure:
+            if ledger.rolled_back and ledger.rollback_ok:
+                return finish(
+                    "rolled_back",
+                    f"{failure.message}; rolled back {len(ledger.switched)} switched host(s) to {current}",
+                    ExitCode.ROLLED_BACK,
+                    (current, release.id, f"rolled back ({failure.phase} of {release.id} failed)"),
+                    phase=failure.phase,
+                    switched_hosts=ledger.switched,
+                )
+            if ledger.rolled_back:
+                detail = f"{failure.message}; ROLLBACK FAILED: {ledger.rollback_detail}"
+            elif current is None:
+                detail = f"{failure.message}; no previous release on {stage.name} to roll back to"
+            else:
+                detail = f"{failure.message}; auto-rollback is off for {stage.name}"
+            health = "failed (mixed releases)" if failure.phase == "switch" else "verify failed"
+            return finish(
+                "failed",
+                detail,
+                ExitCode.FAILED,
+                (release.id, current, health),
+                phase=failure.phase,
+                switched_hosts=ledger.switched,
+            )
+
+        sentry = ""
+        if stage.sentry is not None:
+            record = store.deployment(deployment_id)
+            outcome = record_deploy(
+                stage.sentry,
+                release=release.id,
+                environment=stage.sentry.environment or stage.name,
+                name=f"itopctl #{deployment_id} by {self.user}",
+                duration=(self.clock() - parse_iso(record.started_at)).total_seconds(),
+            )
+            sentry = outcome.summary()
+            if not outcome.recorded:
+                self.display.message(f"warning: Sentry {sentry}")
+        return finish(
+            "succeeded",
+            f"{release.id} runs on {stage.name} ({len(hosts)} host(s)), verified",
+            ExitCode.OK,
+            (release.id, current, "healthy"),
+            phase="verify",
+            verified=True,
+            switched_hosts=ledger.switched,
+            sentry=sentry,
+        )
+
+    # -- rollback --------------------------------------------------------------------------------------
+    def rollback_target(self, stage: Stage, current: str) -> str | None:
+        """The release the stage ran before ``current``, skipping releases rolled back on it, failed or rejected."""
+        bad = {current}
+        for record in self.store.deployments(stage=stage.name, limit=500):
+            if record.kind == "rollback" and record.result == "succeeded" and record.from_release:
+                bad.add(record.from_release)
+            if record.kind == "promote" and record.result in ("rolled_back", "failed"):
+                bad.add(record.release_id)
+        for record in self.store.deployments(stage=stage.name, limit=500):
+            candidate = record.release_id
+            if record.result != "succeeded" or candidate in bad:
+                continue
+            release = self.store.release(candidate)
+            if release is not None and release.rejected is None:
+                return candidate
+        return None
+
+    def rollback(self, stage_name: str, *, to: str | None = None, restore_db: bool = False) -> Outcome:
+        stage = self.pipeline.stage(stage_name)
+        state = self.store.stage_state(stage.name)
+        if state is None or state.current_release is None:
+            raise bad_input(f"nothing is deployed on {stage.name}: there is nothing to roll back")
+        current = state.current_release
+        if to is not None:
+            target_record = self.store.require_release(to)
+            if target_record.rejected is not None:
+                raise refused(f"release {to} was rejected ({target_record.rejected.reason!r}): not a rollback target")
+            ran_here = any(
+                d.result == "succeeded" for d in self.store.deployments(stage=stage.name, release_id=to, limit=50)
+            )
+            if not ran_here:
+                raise refused(f"release {to} never ran on {stage.name}: a rollback only goes back to a known release")
+            target = to
+        else:
+            found = self.rollback_target(stage, current)
+            if found is None:
+                raise refused(f"no earlier good release on {stage.name} to roll back to (it runs {current})")
+            target = found
+        if target == current:
+            return Outcome("nothing_to_do", f"{stage.name} already runs {target}", ExitCode.OK)
+        release = self.store.require_release(target)
+        self._check_files(stage, ("rollback",))
+        runner = self._require_runner()
+        now = self.clock()
+        handle = self.store.acquire_lock(
+            stage.name, owner=self.user, reason=f"rollback to {target}", kind="deploy", lease=self.lock_lease, now=now
+        )
+        try:
+            deployment_id = self.store.start_deployment(
+                kind="rollback",
+                release_id=target,
+                stage=stage.name,
+                from_release=current,
+                who=self.user,
+                now=now,
+                restore_db=restore_db,
+            )
+            self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
+            self.store.update_deployment(deployment_id, phase="rollback")
+            interrupt = PhaseInterrupt(self.display)
+            interrupt.phase = "rollback"
+            with interrupt.installed():  # a rollback is one phase: Ctrl-C waits for its end
+                result = runner.run(
+                    phase="rollback",
+                    playbook=stage.playbooks["rollback"],
+                    inventory=stage.inventory,
+                    extravars=self._extravars(
+                        release,
+                        stage,
+                        deployment_id,
+                        deploy_phase="rollback",
+                        rollback_to=target,
+                        restore_db=restore_db,
+                    ),
+                    project_dir=self.pipeline.path.parent,
+                )
+            values: dict[str, Any] = {
+                "runner_idents": [result.ident],
+                "hosts": sorted(result.hosts, key=natural_key),
+                "switched_hosts": result.ok_hosts,
+            }
+            if result.ok:
+                record = self.store.finish_deployment(
+                    deployment_id,
+                    result="succeeded",
+                    now=self.clock(),
+                    stage_state=(target, current, f"rolled back from {current}"),
+                    message=f"{stage.name} rolled back from {current} to {target}"
+                    + (" (database restored)" if restore_db else ""),
+                    **values,
+                )
+                return Outcome("succeeded", record.message, ExitCode.OK, record)
+            failed = ", ".join(result.failed_hosts) or f"status {result.status}, rc {result.rc}"
+            record = self.store.finish_deployment(
+                deployment_id,
+                result="failed",
+                now=self.clock(),
+                stage_state=(current, state.previous_release, f"rollback to {target} failed"),
+                message=f"rollback of {stage.name} to {target} failed ({failed})",
+                **values,
+            )
+            return Outcome("failed", record.message, ExitCode.FAILED, record)
+        finally:
+            self.store.release_handle(handle, self.clock())
+
+
+def find_playbook(path: Path) -> Path:
+    return path

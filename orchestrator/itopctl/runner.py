@@ -1,0 +1,413 @@
+"""One class around ansible-runner: a private data dir and ident per run, live progress, a JSON-lines log.
+
+What it guarantees (tests/orchestrator/test_runner.py checks each):
+
+- every run gets ``<runs_dir>/<ident>/`` (kept for audit; only the newest ``keep`` are kept);
+- ``suppress_env_files=True``: ansible-runner writes no ``env/`` files, and the child gets only ``ANSIBLE_*``
+  variables, the named pass-through ones and the named secrets (read from our own environment), nothing else;
+- secret values never stay in the run directory: they are redacted from ansible-runner's ``command`` file as soon
+  as it is written, and every file is scrubbed after the run;
+- events go through a queue to a progress display (hosts, current task, changed/failed counts) and to
+  ``<runs_dir>/<ident>/events.jsonl``;
+- a run is never cancelled half-way: Ctrl-C is handled by :class:`PhaseInterrupt` between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from .errors import ExitCode, ItopctlError
+
+# Variables ansible-runner itself sets for the child and that must survive our filtering.
+_RUNNER_KEYS = frozenset(
+    {"AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS", "RUNNER_ONLY_FAILED_EVENTS", "ORIGINAL_STDOUT_CALLBACK"}
+)
+REDACTED = "********"
+
+
+@dataclass(frozen=True)
+class HostStats:
+    ok: int = 0
+    changed: int = 0
+    failures: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.failures > 0 or self.unreachable > 0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one ansible-runner run did. ``ok`` means status successful, rc 0 and no failed host."""
+
+    ident: str
+    phase: str
+    status: str
+    rc: int
+    duration: float
+    private_data_dir: str
+    hosts: dict[str, HostStats] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0 and not self.failed_hosts
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.hosts.items() if s.failed)
+
+    @property
+    def ok_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.hosts.items() if not s.failed)
+
+
+@dataclass
+class Progress:
+    """The live view of one run, updated from its events."""
+
+    phase: str
+    ident: str
+    play: str = ""
+    task: str = ""
+    hosts: set[str] = field(default_factory=set)
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    failed_tasks: list[str] = field(default_factory=list)
+
+    def apply(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        if host:
+            self.hosts.add(str(host))
+        if kind == "playbook_on_play_start":
+            self.play = str(data.get("play", ""))
+        elif kind == "playbook_on_task_start":
+            self.task = str(data.get("task", ""))
+        elif kind == "runner_on_ok":
+            self.ok += 1
+            if (data.get("res") or {}).get("changed"):
+                self.changed += 1
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            self.failed += 1
+            msg = str((data.get("res") or {}).get("msg", ""))[:300]
+            self.failed_tasks.append(f"{host}: {data.get('task', '')}: {msg}")
+
+
+class Display(Protocol):
+    def phase_started(self, phase: str, ident: str, hosts: Sequence[str] | None) -> None: ...
+    def progress(self, progress: Progress) -> None: ...
+    def phase_finished(self, result: RunResult, progress: Progress) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class ConsoleDisplay:
+    """Progress on stderr: one live line on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: Any = None, live: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self._last = 0.0
+
+    def message(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+
+    def phase_started(self, phase: str, ident: str, hosts: Sequence[str] | None) -> None:
+        target = ", ".join(hosts) if hosts else "all hosts"
+        self.message(f"==> {phase} on {target} (run {ident})")
+
+    def progress(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if not self.live or now - self._last < 0.1:
+            return
+        self._last = now
+        line = (
+            f"[{progress.phase}] hosts {len(progress.hosts)} | ok {progress.ok} changed {progress.changed} "
+            f"failed {progress.failed} | {progress.task}"
+        )
+        self.stream.write("\r\x1b[K" + line[:160])
+        self.stream.flush()
+
+    def phase_finished(self, result: RunResult, progress: Progress) -> None:
+        state = "ok" if result.ok else f"FAILED ({result.status}, rc {result.rc})"
+        self.message(
+            f"<== {result.phase}: {state} in {result.duration:.1f}s; hosts {len(result.hosts)}, "
+            f"changed {progress.changed}, failed {progress.failed}"
+        )
+        for line in progress.failed_tasks[:10]:
+            self.message(f"    failed: {line}")
+
+
+class NullDisplay:
+    def phase_started(self, phase: str, ident: str, hosts: Sequence[str] | None) -> None:
+        pass
+
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def phase_finished(self, result: RunResult, progress: Progress) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def _event_record(ident: str, phase: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-lines log entry of an event: what happened where, without module results (they may be large)."""
+    data = event.get("event_data") or {}
+    record: dict[str, Any] = {
+        "at": event.get("created") or datetime.now(UTC).isoformat(),
+        "ident": ident,
+        "phase": phase,
+        "counter": event.get("counter"),
+        "event": event.get("event"),
+    }
+    for key in ("host", "play", "task", "task_action"):
+        if data.get(key):
+            record[key] = data[key]
+    res = data.get("res")
+    if isinstance(res, dict):
+        record["changed"] = bool(res.get("changed"))
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and res.get("msg"):
+            record["msg"] = str(res["msg"])[:1000]
+    if event.get("event") == "playbook_on_stats":
+        for key in ("ok", "changed", "failures", "dark", "skipped"):
+            record[key] = data.get(key) or {}
+    return record
+
+
+class PlaybookRunner:
+    """Runs one playbook per call through ansible-runner; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        runs_dir: Path,
+        *,
+        keep: int = 50,
+        passthrough: Sequence[str] = ("PATH", "HOME", "LANG"),
+        secret_names: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
+        display: Display | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.keep = keep
+        self.passthrough = tuple(passthrough)
+        self.secret_names = tuple(secret_names)
+        self.environment = dict(environment or {})
+        self.display: Display = display or NullDisplay()
+        self.environ = dict(os.environ if environ is None else environ)
+
+    # -- environment ----------------------------------------------------------------------------------
+    def _secrets(self) -> dict[str, str]:
+        return {name: self.environ[name] for name in self.secret_names if self.environ.get(name)}
+
+    def child_environment(self) -> dict[str, str]:
+        """ANSIBLE_*, the pass-through names, the pipeline's environment and the named secrets; nothing else."""
+        env = {k: v for k, v in self.environ.items() if k.startswith("ANSIBLE_") or k in self.passthrough}
+        env.update(self.environment)
+        env.update(self._secrets())
+        # ansible-playbook next to this Python first, so a venv works without being activated
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p)])
+        return env
+
+    # -- one run --------------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        phase: str,
+        playbook: Path,
+        inventory: Path,
+        extravars: Mapping[str, Any] | None = None,
+        limit: Sequence[str] | None = None,
+        project_dir: Path | None = None,
+    ) -> RunResult:
+        from ansible_runner.config.runner import RunnerConfig  # type: ignore[import-untyped]  # noqa: PLC0415
+        from ansible_runner.runner import Runner  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        if not playbook.is_file():
+            raise ItopctlError(f"playbook not found: {playbook}", ExitCode.BAD_INPUT)
+        if not inventory.exists():
+            raise ItopctlError(f"inventory not found: {inventory}", ExitCode.BAD_INPUT)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        ident = f"{stamp}-{phase}-{uuid.uuid4().hex[:8]}"
+        private = self.runs_dir / ident
+        private.mkdir(parents=True, mode=0o700)
+        env = self.child_environment()
+        config = RunnerConfig(
+            private_data_dir=str(private),
+            playbook=str(playbook.resolve()),
+            inventory=str(inventory.resolve()),
+            extravars=dict(extravars or {}),
+            limit=",".join(limit) if limit else None,
+            ident=ident,
+            envvars=env,
+            suppress_env_files=True,
+            quiet=True,
+            project_dir=str((project_dir or playbook.parent).resolve()),
+        )
+        config.prepare()
+        # ansible-runner seeds the child's environment with all of ours: keep only what we decided to pass.
+        config.env = {k: v for k, v in config.env.items() if k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS}
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        secrets = self._secrets()
+
+        def on_event(event: dict[str, Any]) -> bool:
+            events.put(event)
+            return True  # keep it in artifacts/<ident>/job_events for the audit
+
+        def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
+            if data.get("status") == "running" and secrets:
+                _scrub_file(private / "artifacts" / ident / "command", secrets)
+
+        runner = Runner(config, event_handler=on_event, status_handler=on_status, cancel_callback=lambda: False)
+        progress = Progress(phase=phase, ident=ident)
+        self.display.phase_started(phase, ident, limit)
+        started = time.monotonic()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                runner.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                failure.append(exc)
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name=f"ansible-runner-{ident}", daemon=True)
+        stats: dict[str, HostStats] = {}
+        with (private / "events.jsonl").open("w", encoding="utf-8") as log:
+            worker.start()
+            while True:
+                try:
+                    event = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if event is None:
+                    break
+                progress.apply(event)
+                if event.get("event") == "playbook_on_stats":
+                    stats = _host_stats(event.get("event_data") or {})
+                log.write(json.dumps(_event_record(ident, phase, event), default=str) + "\n")
+                self.display.progress(progress)
+            worker.join()
+        if failure:
+            raise ItopctlError(f"ansible-runner failed to run {playbook}: {failure[0]}", ExitCode.FAILED)
+        result = RunResult(
+            ident=ident,
+            phase=phase,
+            status=str(runner.status),
+            rc=int(runner.rc if runner.rc is not None else -1),
+            duration=round(time.monotonic() - started, 3),
+            private_data_dir=str(private),
+            hosts=stats,
+        )
+        if secrets:
+            scrub_tree(private, secrets)
+        self.display.phase_finished(result, progress)
+        self.rotate()
+        return result
+
+    def rotate(self) -> list[Path]:
+        """Remove the oldest run directories beyond ``keep`` (names start with a UTC timestamp)."""
+        runs = sorted(p for p in self.runs_dir.iterdir() if p.is_dir())
+        removed = runs[: max(0, len(runs) - self.keep)]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+
+def _host_stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
+    names: set[str] = set()
+    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+        names.update((data.get(key) or {}).keys())
+
+    def get(key: str, host: str) -> int:
+        return int((data.get(key) or {}).get(host, 0))
+
+    return {
+        host: HostStats(
+            ok=get("ok", host),
+            changed=get("changed", host),
+            failures=get("failures", host),
+            unreachable=get("dark", host),
+            skipped=get("skipped", host),
+        )
+        for host in sorted(names)
+    }
+
+
+def _scrub_file(path: Path, secrets: Mapping[str, str]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    cleaned = text
+    for value in secrets.values():
+        if value:
+            cleaned = cleaned.replace(value, REDACTED)
+            cleaned = cleaned.replace(json.dumps(value)[1:-1], REDACTED)
+    if cleaned != text:
+        path.write_text(cleaned, encoding="utf-8")
+
+
+def scrub_tree(root: Path, secrets: Mapping[str, str]) -> None:
+    """Replace every secret value in every file under ``root`` (defence in depth after a run)."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            _scrub_file(path, secrets)
+
+
+class PhaseInterrupt:
+    """Ctrl-C (SIGINT) asks to stop at the next phase boundary instead of killing the run half-way.
+
+    ansible-playbook runs in its own session (ansible-runner spawns it on a pty), so the terminal's SIGINT reaches
+    only us; we note it, tell the operator, and the orchestrator checks :attr:`requested` between phases.
+    """
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+        self.requested = False
+        self.phase = ""
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.display.message(
+            f"\n!! interrupt received: itopctl stops after the current phase ({self.phase or 'starting'}); "
+            "a switch is never cut half-way"
+        )
+
+    @contextmanager
+    def installed(self) -> Iterator[PhaseInterrupt]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
