@@ -83,7 +83,7 @@ class Project:
     def manifest(self, release_id: str, **extra: str) -> Path:
         path = self.root / f"{release_id}.yml"
         body = f"id: {release_id}\ncomponents:\n  sample:\n    uri: file:///srv/artifacts/sample-{release_id}.tar.gz\n"
-        body += f"    sha256: \"{SHA}\"\n"
+        body += f'    sha256: "{SHA}"\n'
         for key, value in extra.items():
             body += f"{key}: {value}\n"
         path.write_text(body)
@@ -156,3 +156,44 @@ def project(tmp_path: Path, state_url: str) -> Project:
 @pytest.fixture
 def sqlite_project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "project", f"sqlite:///{tmp_path / 'state.db'}")
+
+
+def seed_deployed(project: Project, stage: str, release: str, *, hours_ago: float = 48.0) -> None:
+    """Record (without running anything) that ``release`` was promoted to ``stage`` and verified, long ago."""
+    from datetime import timedelta
+
+    from itopctl.store import iso, utcnow
+
+    then = utcnow() - timedelta(hours=hours_ago)
+    with project.store() as store:
+        if store.release(release) is None:
+            project.add(release)
+        state = store.stage_state(stage)
+        dep = store.start_deployment(
+            kind="promote",
+            release_id=release,
+            stage=stage,
+            from_release=state.current_release if state else None,
+            who="seed",
+            now=then,
+        )
+        store.finish_deployment(
+            dep,
+            result="succeeded",
+            now=then,
+            stage_state=(release, state.current_release if state else None, "healthy"),
+            verified=True,
+            phase="verify",
+        )
+        store.update_deployment(dep, finished_at=iso(then))
+
+
+def backdate(project: Project, stage: str, hours: float) -> None:
+    """Pretend the last deployment of ``stage`` finished ``hours`` ago (to satisfy a soak gate)."""
+    from datetime import timedelta
+
+    from itopctl.store import iso, utcnow
+
+    with project.store() as store:
+        last = store.deployments(stage=stage, limit=1)[0]
+        store.update_deployment(last.id, finished_at=iso(utcnow() - timedelta(hours=hours)))
