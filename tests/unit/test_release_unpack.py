@@ -1,0 +1,182 @@
+"""Safe unpack: hostile archives are refused and leave nothing behind; good archives unpack faithfully."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ansible_collections.unistra.itop.plugins.module_utils.release import (
+    ReleaseError,
+    ReleaseManager,
+    unpack_archive,
+)
+
+HOSTILE_TARS = {
+    "absolute": lambda b: [b.file("/tmp/unistra-itop-test-pwned")],
+    "dotdot": lambda b: [b.file("VERSION"), b.file("../escaped")],
+    "dotdot-inside": lambda b: [b.file("app/../../escaped")],
+    "symlink-absolute": lambda b: [b.symlink("etc-link", "/etc"), b.file("etc-link/pwned")],
+    "symlink-relative-escape": lambda b: [b.directory("app"), b.symlink("app/up", "../../outside")],
+    # each link is lexically inside, the chain is not: up -> .  then up/.. resolves through the link
+    "symlink-chain": lambda b: [
+        b.directory("a"),
+        b.symlink("a/self", "."),
+        b.symlink("a/deep", "self/../.."),
+        b.symlink("escape", "a/deep/.."),
+    ],
+    "hardlink-absolute": lambda b: [b.hardlink("shadow", "/etc/shadow")],
+    "hardlink-dotdot": lambda b: [b.hardlink("shadow", "../outside/file")],
+    "hardlink-dangling": lambda b: [b.hardlink("shadow", "nothing-here")],
+    "device": lambda b: [b.Member("dev-null", "chr")],
+    "fifo": lambda b: [b.Member("pipe", "fifo")],
+}
+
+HOSTILE_ZIPS = {
+    "zip-dotdot": lambda b: [b.file("ok.txt"), b.file("../escaped")],
+    "zip-absolute": lambda b: [b.file("/tmp/unistra-itop-test-pwned")],
+    "zip-symlink-escape": lambda b: [b.symlink("link", "../../etc")],
+    "zip-device": lambda b: [b.Member("dev", "chr")],
+}
+
+
+def _assert_no_trace(root: Path, release: str) -> None:
+    releases = root / "releases"
+    leftovers = sorted(p.name for p in releases.iterdir()) if releases.exists() else []
+    assert leftovers == [], f"refused archive left {leftovers}"
+    assert not (root / "current").exists()
+    assert not (root.parent / "escaped").exists()
+    assert not (root.parent / "outside").exists()
+    assert not Path("/tmp/unistra-itop-test-pwned").exists()
+    journal = root / ".journal.json"
+    if journal.exists():
+        assert release not in journal.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TARS))
+def test_hostile_tar_is_refused_and_leaves_nothing(
+    name: str, build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path
+) -> None:
+    path = build.tar(artifacts_dir / f"{name}.tar.gz", HOSTILE_TARS[name](build))
+    manager = ReleaseManager(str(root), owner_name="tester")
+    with pytest.raises(ReleaseError, match=r"refusing archive"):
+        manager.prepare("hostile", [build.artifact(path)], cache_dir=str(cache_dir))
+    _assert_no_trace(root, "hostile")
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ZIPS))
+def test_hostile_zip_is_refused_and_leaves_nothing(
+    name: str, build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path
+) -> None:
+    path = build.zip(artifacts_dir / f"{name}.zip", HOSTILE_ZIPS[name](build))
+    manager = ReleaseManager(str(root), owner_name="tester")
+    with pytest.raises(ReleaseError, match=r"refusing archive"):
+        manager.prepare("hostile", [build.artifact(path)], cache_dir=str(cache_dir))
+    _assert_no_trace(root, "hostile")
+
+
+def test_refusal_happens_before_any_write(build: SimpleNamespace, tmp_path: Path) -> None:
+    """A hostile member late in the archive must not let the earlier members be written."""
+    path = build.tar(tmp_path / "late.tar", [build.file("first.txt"), build.Member("dev", "chr")], compression="")
+    target = tmp_path / "target"
+    with pytest.raises(ReleaseError, match="device"):
+        unpack_archive(str(path), str(target))
+    assert not (target / "first.txt").exists()
+
+
+def test_symlink_escape_through_previous_artifact_link_is_refused(
+    build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path
+) -> None:
+    """A second artifact writing through a directory link made by the first one stays inside the release."""
+    outside = root.parent / "outside"
+    outside.mkdir(parents=True)
+    core = build.tar(artifacts_dir / "core.tar.gz", [build.directory("ext"), build.symlink("ext/plug", "..")])
+    ext = build.tar(artifacts_dir / "ext.tar.gz", [build.file("x.txt")])
+    manager = ReleaseManager(str(root), owner_name="tester")
+    # ext/plug -> .. is the release root: allowed, and the extension lands inside the release.
+    manager.prepare("r1", [build.artifact(core), build.artifact(ext, dest="ext/plug/sub")], cache_dir=str(cache_dir))
+    assert (root / "releases/r1/sub/x.txt").read_bytes() == b"x"
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_tar_formats_unpack_faithfully(compression: str, build: SimpleNamespace, tmp_path: Path) -> None:
+    path = build.tar(tmp_path / f"app.tar.{compression or 'plain'}", build.sample_members("r1"), compression)
+    target = tmp_path / "out"
+    count = unpack_archive(str(path), str(target))
+    assert count == len(build.sample_members("r1"))
+    assert (target / "VERSION").read_text() == "r1\n"
+    assert os.readlink(target / "app/current-version") == "../VERSION"
+    assert (target / "app/current-version").read_text() == "r1\n"
+    assert stat.S_IMODE((target / "app/run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((target / "app/main.py").stat().st_mode) == 0o644
+
+
+def test_hardlink_inside_archive_is_kept(build: SimpleNamespace, tmp_path: Path) -> None:
+    path = build.tar(tmp_path / "h.tar", [build.file("a.txt", b"same"), build.hardlink("b.txt", "a.txt")], "")
+    unpack_archive(str(path), str(tmp_path / "out"))
+    a, b = (tmp_path / "out/a.txt").stat(), (tmp_path / "out/b.txt").stat()
+    assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def test_setuid_and_world_writable_bits_are_dropped(build: SimpleNamespace, tmp_path: Path) -> None:
+    path = build.tar(tmp_path / "m.tar", [build.file("suid", b"x", 0o4777)], "")
+    unpack_archive(str(path), str(tmp_path / "out"))
+    assert stat.S_IMODE((tmp_path / "out/suid").stat().st_mode) == 0o755
+
+
+def test_zip_unpacks_files_dirs_and_inner_symlinks(build: SimpleNamespace, tmp_path: Path) -> None:
+    members = [
+        build.directory("web"),
+        build.file("web/index.php", b"<?php"),
+        build.symlink("web/alias.php", "index.php"),
+    ]
+    path = build.zip(tmp_path / "a.zip", members)
+    unpack_archive(str(path), str(tmp_path / "out"))
+    assert (tmp_path / "out/web/index.php").read_bytes() == b"<?php"
+    assert os.readlink(tmp_path / "out/web/alias.php") == "index.php"
+
+
+def test_subdir_becomes_the_target_and_the_rest_is_ignored(build: SimpleNamespace, tmp_path: Path) -> None:
+    members = [
+        build.file("README", b"top"),
+        build.directory("web"),
+        build.file("web/index.php", b"<?php"),
+        build.directory("web/conf"),
+        build.file("web/conf/a", b"a"),
+        build.hardlink("web/conf/b", "web/conf/a"),
+    ]
+    path = build.tar(tmp_path / "s.tar.gz", members)
+    target = tmp_path / "out"
+    unpack_archive(str(path), str(target), subdir="web")
+    assert sorted(os.listdir(target)) == ["conf", "index.php"]
+    assert (target / "conf/b").read_bytes() == b"a"
+
+
+def test_subdir_symlink_must_stay_inside_subdir(build: SimpleNamespace, tmp_path: Path) -> None:
+    members = [build.file("secret", b"s"), build.directory("web"), build.symlink("web/leak", "../secret")]
+    path = build.tar(tmp_path / "s.tar.gz", members)
+    with pytest.raises(ReleaseError, match="outside"):
+        unpack_archive(str(path), str(tmp_path / "out"), subdir="web")
+
+
+def test_hardlink_leaving_subdir_is_refused(build: SimpleNamespace, tmp_path: Path) -> None:
+    members = [build.file("secret", b"s"), build.directory("web"), build.hardlink("web/leak", "secret")]
+    path = build.tar(tmp_path / "s.tar.gz", members)
+    with pytest.raises(ReleaseError, match="outside subdir"):
+        unpack_archive(str(path), str(tmp_path / "out"), subdir="web")
+
+
+def test_missing_subdir_is_a_clear_error(build: SimpleNamespace, tmp_path: Path) -> None:
+    path = build.tar(tmp_path / "s.tar.gz", [build.file("a")])
+    with pytest.raises(ReleaseError, match="subdir 'web' not found"):
+        unpack_archive(str(path), str(tmp_path / "out"), subdir="web")
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    path = tmp_path / "junk.bin"
+    path.write_bytes(b"this is not an archive at all")
+    with pytest.raises(ReleaseError, match="neither a tar nor a zip"):
+        unpack_archive(str(path), str(tmp_path / "out"))
