@@ -97,6 +97,14 @@ class Project:
         link = self.lab_root / host / "current"
         return os.readlink(link).split("/")[-1] if link.is_symlink() else None
 
+    def on_host(self, host: str, *releases: str, current: str | None = None) -> None:
+        """Lay out a host directory as if ``releases`` were prepared there and ``current`` active."""
+        for release in releases:
+            (self.lab_root / host / "releases" / release).mkdir(parents=True, exist_ok=True)
+            (self.lab_root / host / "releases" / release / "VERSION").write_text(f"{release}\n")
+        if current is not None:
+            (self.lab_root / host / "current").symlink_to(f"releases/{current}")
+
     def marker(self, name: str, content: str = "") -> None:
         self.lab_root.mkdir(exist_ok=True)
         (self.lab_root / name).write_text(content)

@@ -241,9 +241,7 @@ def test_deploy_promote_status_history(project: Project) -> None:
 @pytest.mark.slow
 def test_verify_failure_rolls_back_switched_hosts(project: Project) -> None:
     seed_deployed(project, "dev", "r1")
-    (project.lab_root / "dev-1" / "releases" / "r1").mkdir(parents=True)
-    (project.lab_root / "dev-1" / "releases" / "r1" / "VERSION").write_text("r1\n")
-    (project.lab_root / "dev-1" / "current").symlink_to("releases/r1")
+    project.on_host("dev-1", "r1", current="r1")
     project.add("r2")
     project.marker("fail-verify-r2")
     result = project.run("deploy", "r2", "--json")
