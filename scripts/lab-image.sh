@@ -97,7 +97,7 @@ build_image() {
 }
 
 ensure_tools
-mkdir -p /var/cache/unistra-itop/apt-archives/partial
+mkdir -p /var/cache/unistra-itop/apt
 ensure_dockerd
 current=$(docker image inspect -f '{{ index .Config.Labels "org.unistra.itop.recipe" }}' "$IMAGE" 2>/dev/null || true)
 if [ "$REBUILD" -eq 0 ] && [ "$current" = "$RECIPE" ]; then
