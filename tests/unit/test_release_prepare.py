@@ -246,6 +246,25 @@ def test_http_download_and_404(
         manager.prepare("r2", [{"uri": f"{http_server}/nope.tar.gz", "sha256": "b" * 64}], cache_dir=str(cache_dir))
 
 
+def test_http_through_ansible_open_url(
+    manager: ReleaseManager, sample: Sample, http_server: str, root: Path, cache_dir: Path
+) -> None:
+    """The module hands Ansible's open_url to the engine; the same behaviour and messages come out."""
+    from ansible_collections.unistra.itop.plugins.modules import release as module  # noqa: PLC0415 -- needs ansible
+
+    art = sample("r1")
+    url = f"{http_server}/sample-r1.tar.gz"
+    manager.prepare("r1", [{"uri": url, "sha256": art["sha256"]}], cache_dir=str(cache_dir), http_open=module.http_open)
+    assert (root / "releases/r1/VERSION").read_text() == "r1\n"
+    with pytest.raises(ReleaseError, match="HTTP 404"):
+        manager.prepare(
+            "r2",
+            [{"uri": f"{http_server}/nope.tar.gz", "sha256": "b" * 64}],
+            cache_dir=str(cache_dir),
+            http_open=module.http_open,
+        )
+
+
 def test_credentials_in_a_uri_never_reach_messages(manager: ReleaseManager, cache_dir: Path) -> None:
     uri = "https://user:s3cr3t-value@127.0.0.1:9/app.tar.gz"
     with pytest.raises(ReleaseError) as caught:

@@ -270,15 +270,39 @@ def _file_uri_path(uri: str) -> str:
     return path
 
 
+# (url, validate_certs, timeout) -> a readable response. The module passes Ansible's open_url (proxies, CA bundles
+# handled the Ansible way); this file stays free of Ansible imports so that pytest drives it directly.
+HttpOpener = Callable[[str, bool, int], Any]
+
+
+def urllib_http_open(url: str, validate_certs: bool, timeout: int) -> Any:
+    """Default opener: the standard library, honouring the *_proxy environment like Ansible does."""
+    context = ssl.create_default_context()
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+    request = urllib.request.Request(url, headers={"User-Agent": "unistra.itop.release"})  # noqa: S310 -- http(s) only
+    return opener.open(request, timeout=timeout)
+
+
 class ArtifactCache:
     """Per-host download cache keyed by sha256: ``<cache_dir>/<sha256>``; an artifact is downloaded at most once."""
 
-    def __init__(self, cache_dir: str, *, s3: S3Settings | None = None, validate_certs: bool = True) -> None:
+    def __init__(
+        self,
+        cache_dir: str,
+        *,
+        s3: S3Settings | None = None,
+        validate_certs: bool = True,
+        http_open: HttpOpener | None = None,
+    ) -> None:
         if not cache_dir or not os.path.isabs(cache_dir):
             raise ReleaseError(f"cache_dir must be an absolute path, got {cache_dir!r}")
         self.cache_dir = os.path.normpath(cache_dir)
         self.s3 = s3 or S3Settings()
         self.validate_certs = validate_certs
+        self.http_open: HttpOpener = http_open or urllib_http_open
         self._s3_client: Any = None
 
     def path_for(self, sha256: str) -> str:
@@ -353,13 +377,8 @@ class ArtifactCache:
 
     def _download_http(self, uri: str, out: IO[bytes]) -> str:
         shown = redact_uri(uri)
-        context = ssl.create_default_context()
-        if not self.validate_certs:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(uri, headers={"User-Agent": "unistra.itop.release"})  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT, context=context) as response:  # noqa: S310
+            with contextlib.closing(self.http_open(uri, self.validate_certs, HTTP_TIMEOUT)) as response:
                 return _copy_hashing(response, out)
         except urllib.error.HTTPError as exc:
             raise ReleaseError(
@@ -376,6 +395,8 @@ class ArtifactCache:
             raise ReleaseError(f"cannot reach {shown}: {reason}; check the URI, DNS and the network") from None
         except (TimeoutError, OSError) as exc:
             raise ReleaseError(f"download of {shown} was interrupted: {exc}; retry, or check the network") from None
+        except Exception as exc:  # the opener given by the module raises its own types (TLS validation...)
+            raise ReleaseError(f"download of {shown} failed: {exc}") from None
 
     def _client(self) -> Any:
         if self._s3_client is None:
@@ -1038,6 +1059,7 @@ class ReleaseManager:
         s3: S3Settings | None = None,
         validate_certs: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        http_open: HttpOpener | None = None,
     ) -> dict[str, Any]:
         """Fetch, verify and unpack a release into releases/<id>, link shared paths, journal it as prepared."""
         rid = validate_release_id(release)
@@ -1048,7 +1070,7 @@ class ReleaseManager:
         uid, gid = resolve_owner(owner, group)
         fingerprint = [a.fingerprint() for a in arts]
         path = self.release_path(rid)
-        cache = ArtifactCache(cache_dir, s3=s3, validate_certs=validate_certs)
+        cache = ArtifactCache(cache_dir, s3=s3, validate_certs=validate_certs, http_open=http_open)
 
         with self._guarded(write=True) as state:
             decision = self._prepare_decision(state, rid, fingerprint)

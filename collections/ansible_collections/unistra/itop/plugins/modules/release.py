@@ -38,6 +38,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Needs symlinks, rename(2) and flock(2).
 options:
   root:
     description: The application root, for example C(/srv/itop).
@@ -355,6 +356,7 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.urls import open_url
 from ansible_collections.unistra.itop.plugins.module_utils.release import (
     DEFAULT_CACHE_DIR,
     DEFAULT_KEEP,
@@ -403,6 +405,11 @@ def argument_spec():
     )
 
 
+def http_open(url, validate_certs, timeout):
+    """https:// downloads go through Ansible's open_url (proxy settings, CA bundles, client conventions)."""
+    return open_url(url, validate_certs=validate_certs, timeout=timeout, http_agent="unistra.itop.release")
+
+
 def prepare(manager, params):
     return manager.prepare(
         params["release"],
@@ -420,6 +427,7 @@ def prepare(manager, params):
         ),
         validate_certs=params["validate_certs"],
         metadata=params["metadata"],
+        http_open=http_open,
     )
 
 
