@@ -196,12 +196,15 @@ def seed_deployed(project: Project, stage: str, release: str, *, hours_ago: floa
         store.update_deployment(dep, finished_at=iso(then))
 
 
-def backdate(project: Project, stage: str, hours: float) -> None:
-    """Pretend the last deployment of ``stage`` finished ``hours`` ago (to satisfy a soak gate)."""
+def backdate(project: Project | str, stage: str, hours: float) -> None:
+    """Pretend the last deployment of ``stage`` finished ``hours`` ago (to satisfy a soak gate).
+
+    ``project`` is a :class:`Project` or a state store URL."""
     from datetime import timedelta
 
     from itopctl.store import iso, utcnow
 
-    with project.store() as store:
+    url = project if isinstance(project, str) else project.state_url
+    with Store.open(url) as store:
         last = store.deployments(stage=stage, limit=1)[0]
         store.update_deployment(last.id, finished_at=iso(utcnow() - timedelta(hours=hours)))
