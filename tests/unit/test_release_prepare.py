@@ -150,6 +150,16 @@ def test_failed_release_is_replaced_by_a_new_prepare(
     assert {r["id"]: r["state"] for r in again["releases"]} == {"r1": "prepared"}
 
 
+def test_failed_release_may_be_rebuilt_from_other_artifacts(
+    manager: ReleaseManager, sample: Sample, root: Path, cache_dir: Path
+) -> None:
+    manager.prepare("r1", [sample("r1")], cache_dir=str(cache_dir))
+    manager.mark_failed("r1")
+    fixed = manager.prepare("r1", [sample("r1-fixed")], cache_dir=str(cache_dir))
+    assert fixed["changed"] is True
+    assert (root / "releases/r1/VERSION").read_text() == "r1-fixed\n"
+
+
 def test_dest_and_subdir_compose_a_release(
     manager: ReleaseManager, build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path
 ) -> None:

@@ -119,6 +119,14 @@ def test_prune_removes_leftover_temporary_items_but_not_busy_ones(
     assert os.readlink(root / "current") == "releases/r1"
 
 
+def test_operations_on_a_missing_root_create_nothing(manager: ReleaseManager, root: Path) -> None:
+    assert manager.prune(keep=1)["changed"] is False
+    assert manager.unlock()["changed"] is False
+    with pytest.raises(ReleaseError, match="not prepared"):
+        manager.activate("r1")
+    assert not root.exists()
+
+
 def test_prune_rejects_negative_keep(manager: ReleaseManager) -> None:
     with pytest.raises(ReleaseError, match="keep"):
         manager.prune(keep=-1)

@@ -18,6 +18,7 @@ Layout under ``root``::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import grp
 import hashlib
@@ -328,9 +329,8 @@ class ArtifactCache:
         try:
             with open(tmp, "xb") as out:
                 os.fchmod(out.fileno(), 0o640)
+                # No fsync: a cache entry torn by a crash fails its verification on next use and is fetched again.
                 actual = self._download(artifact, out)
-                out.flush()
-                os.fsync(out.fileno())
             if actual != artifact.sha256:
                 raise ReleaseError(
                     f"checksum mismatch for {source}: expected sha256 {artifact.sha256}, got {actual}. Nothing was "
@@ -767,6 +767,22 @@ def _write_entry(archive: Any, entry: _Entry, target: str, real_target: str, lab
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _sync_filesystem(path: str) -> None:
+    """Flush the file system holding ``path`` (syncfs(2) on Linux, sync(2) elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -902,13 +918,14 @@ class ReleaseManager:
         return os.path.join(self.releases_dir, release)
 
     @contextlib.contextmanager
-    def _guarded(self, write: bool) -> Iterator[_State]:
+    def _guarded(self, write: bool, *, create: bool = False) -> Iterator[_State]:
         """Hold the journal flock (exclusive to write, shared to read) and yield the loaded state.
 
-        In check mode, and for reads, nothing is created: the lock file is only opened if it exists.
+        In check mode, and for reads, nothing is created: the lock file is only opened if it exists. Only ``create``
+        operations (prepare, lock) make a missing root; the others have nothing to change there.
         """
         fd: int | None = None
-        if write and not self.check_mode:
+        if write and not self.check_mode and (create or os.path.isdir(self.root)):
             if os.path.exists(self.root) and not os.path.isdir(self.root):
                 raise ReleaseError(f"root {self.root} exists and is not a directory")
             os.makedirs(self.root, mode=0o755, exist_ok=True)
@@ -1072,7 +1089,7 @@ class ReleaseManager:
         path = self.release_path(rid)
         cache = ArtifactCache(cache_dir, s3=s3, validate_certs=validate_certs, http_open=http_open)
 
-        with self._guarded(write=True) as state:
+        with self._guarded(write=True, create=True) as state:
             decision = self._prepare_decision(state, rid, fingerprint)
             if decision == "done" or self.check_mode:
                 return self._prepare_without_work(state, decision, rid=rid, arts=arts, shared=shared, metadata=metadata)
@@ -1096,6 +1113,8 @@ class ReleaseManager:
                     )
                 if decision == "redo":
                     _discard(path, self.releases_dir)
+                # The journal must never call a release prepared whose files a power cut could still truncate.
+                _sync_filesystem(tmp)
                 os.rename(tmp, path)
                 _fsync_dir(self.releases_dir)
                 self._mark_prepared(state, rid, arts, shared, metadata, replaced_failed=decision == "redo")
@@ -1148,13 +1167,13 @@ class ReleaseManager:
             return "new"
         if not exists:
             return "new"
+        if record.get("state") == STATE_FAILED:
+            return "redo"  # a failed release never served: it may be rebuilt, even from other artifacts
         if record.get("fingerprint") != fingerprint:
             raise ReleaseError(
                 f"release {rid} is already prepared with other artifacts (different sha256/dest/subdir): releases "
                 "are immutable, publish a new release id"
             )
-        if record.get("state") == STATE_FAILED:
-            return "redo"
         return "done"
 
     def _mark_prepared(
@@ -1397,7 +1416,7 @@ class ReleaseManager:
         """Take the deployment lock; the same ``lock_id`` renews it; an expired one is taken over (journaled)."""
         if not isinstance(lease, int) or lease <= 0:
             raise ReleaseError(f"lease must be a positive number of seconds, got {lease!r}")
-        with self._guarded(write=True) as state:
+        with self._guarded(write=True, create=True) as state:
             now = self.clock()
             held = state.lock
             token = lock_id or secrets.token_hex(12)
