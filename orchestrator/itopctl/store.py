@@ -559,11 +559,17 @@ class Store:
                     ],
                 )
             if held is None:
-                self.execute(
+                inserted = self.execute(
                     "INSERT INTO locks (stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stage) DO NOTHING",
                     (stage, owner, reason, kind, new.token, deployment_id, new.acquired_at, expires),
                 )
+                if inserted.rowcount != 1:  # PostgreSQL: another session took the free lock a moment ago
+                    winner = self.lock(stage)
+                    raise refused(
+                        f"stage {stage} was just locked by {winner.owner if winner else 'someone else'}"
+                        + (f" ({winner.reason!r})" if winner else "")
+                    )
             else:
                 self.execute(
                     "UPDATE locks SET owner = ?, reason = ?, kind = ?, token = ?, deployment_id = ?, "
