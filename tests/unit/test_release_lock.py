@@ -73,6 +73,14 @@ def test_unlock_by_token_owner_or_force(root: Path, clock: SimpleNamespace) -> N
     assert forced["history"][-1]["forced"] is True
 
 
+def test_an_expired_lock_of_someone_else_is_not_unlocked_without_force(root: Path, clock: SimpleNamespace) -> None:
+    _as(root, "alice", clock).lock(lease=2, lock_id="a-1")
+    clock.now += 10
+    with pytest.raises(ReleaseError, match="force=true"):
+        _as(root, "bob", clock).unlock(lock_id="b-1")
+    assert (root / ".deploy.lock").exists()
+
+
 def test_lock_in_check_mode_writes_nothing(root: Path, clock: SimpleNamespace) -> None:
     result = _as(root, "alice", clock, check_mode=True).lock(lock_id="a-1")
     assert result["changed"] is True

@@ -1464,7 +1464,10 @@ class ReleaseManager:
             return self._result(state, True, f"took over the {how} of {held.get('owner')}")
 
     def unlock(self, *, lock_id: str | None = None, force: bool = False) -> dict[str, Any]:
-        """Release the lock held with ``lock_id`` (or by this owner); ``force`` releases anyone's (journaled)."""
+        """Release the lock held with ``lock_id`` (or by this owner); ``force`` releases anyone's (journaled).
+
+        Someone else's lock is never released without ``force``, even expired.
+        """
         with self._guarded(write=True) as state:
             held = state.lock
             if held is None:
@@ -1472,8 +1475,9 @@ class ReleaseManager:
             mine = (lock_id and held.get("lock_id") == lock_id) or (
                 not lock_id and held.get("owner") == self.owner_name
             )
-            expired = float(held.get("expires_at_epoch", 0)) <= self.clock()
-            if not (mine or expired or force):
+            # Someone else's lock is released only with force, even expired: a stale lock needs no unlock, the next
+            # operation=lock takes it over (and that is journaled).
+            if not (mine or force):
                 raise ReleaseError(
                     f"{self.root} is locked by {held.get('owner')} ({held.get('reason') or 'no reason given'}) with "
                     "another lock_id: pass the lock_id returned by operation=lock, or force=true to break it "
@@ -1487,8 +1491,7 @@ class ReleaseManager:
                 state,
                 "unlock",
                 previous_owner=held.get("owner"),
-                forced=(not mine and not expired) or None,
-                expired=(not mine and expired) or None,
+                forced=(not mine) or None,
             )
             self._save(state)
             return self._result(state, True, f"lock of {held.get('owner')} released")
