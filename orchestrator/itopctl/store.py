@@ -8,14 +8,13 @@ Nothing secret is ever written here: manifests hold URIs and checksums, the data
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -259,13 +258,18 @@ class Store:
         return tuple(row) if row is not None else None
 
     @staticmethod
-    def migrations() -> list[tuple[int, str, str]]:
-        found: list[tuple[int, str, str]] = []
-        for entry in resources.files("itopctl").joinpath("migrations").iterdir():
-            match = _MIGRATION_NAME.match(entry.name)
+    def migration_files() -> list[tuple[int, str, Path]]:
+        """``(version, name, path)`` of every ``migrations/NNNN_name.sql`` shipped with the package."""
+        found = []
+        for path in (Path(__file__).parent / "migrations").iterdir():
+            match = _MIGRATION_NAME.match(path.name)
             if match:
-                found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+                found.append((int(match.group(1)), match.group(2), path))
         return sorted(found)
+
+    @classmethod
+    def migrations(cls) -> list[tuple[int, str, str]]:
+        return [(v, n, p.read_text(encoding="utf-8")) for v, n, p in cls.migration_files()]
 
     def schema_version(self) -> int:
         row = self.one("SELECT MAX(version) FROM schema_migrations")
@@ -273,6 +277,15 @@ class Store:
 
     def migrate(self) -> list[int]:
         """Apply pending migrations, each in its own transaction; return the versions applied."""
+        latest = self.migration_files()[-1][0]
+        try:
+            if self.schema_version() >= latest:  # the common case: one cheap query
+                return []
+        except (sqlite3.Error, ImportError):
+            pass
+        except Exception as exc:  # psycopg.Error without importing psycopg for SQLite users
+            if type(exc).__module__.split(".")[0] != "psycopg":
+                raise
         self.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
@@ -524,7 +537,7 @@ class Store:
     ) -> LockHandle:
         """Take the stage lock, or refuse saying who holds it. See the README for the rules."""
         expires = iso(now + timedelta(seconds=lease))
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         with self.transaction():
             held = self.lock(stage)
             new = LockRecord(stage, owner, reason, kind, token, deployment_id, iso(now), expires)
