@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -53,22 +54,31 @@ _TAR_TYPES = {
 
 
 def make_tar(path: Path, members: list[Member], compression: str = "gz") -> Path:
-    mode = f"w:{compression}" if compression else "w"
-    with tarfile.open(path, mode) as tar:
-        for member in members:
-            info = tarfile.TarInfo(member.name)
-            info.mtime = 1_700_000_000
-            info.mode = member.mode
-            if member.kind == "file":
-                info.size = len(member.data)
-                tar.addfile(info, io.BytesIO(member.data))
-                continue
-            info.type = _TAR_TYPES[member.kind]
-            info.linkname = member.link
-            if member.kind == "chr":
-                info.devmajor, info.devminor = 1, 3
-            tar.addfile(info)
+    """Write a tar archive; gzip gets a fixed header time, so the same members always give the same sha256."""
+    with open(path, "wb") as raw:
+        if compression == "gz":
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+                _fill_tar(tar, members)
+        else:
+            with tarfile.open(fileobj=raw, mode=f"w:{compression}" if compression else "w") as tar:
+                _fill_tar(tar, members)
     return path
+
+
+def _fill_tar(tar: tarfile.TarFile, members: list[Member]) -> None:
+    for member in members:
+        info = tarfile.TarInfo(member.name)
+        info.mtime = 1_700_000_000
+        info.mode = member.mode
+        if member.kind == "file":
+            info.size = len(member.data)
+            tar.addfile(info, io.BytesIO(member.data))
+            continue
+        info.type = _TAR_TYPES[member.kind]
+        info.linkname = member.link
+        if member.kind == "chr":
+            info.devmajor, info.devminor = 1, 3
+        tar.addfile(info)
 
 
 def make_zip(path: Path, members: list[Member]) -> Path:

@@ -55,16 +55,18 @@ def test_check_mode_predicts_and_touches_nothing(  # noqa: PLR0917 -- pytest inj
 ) -> None:
     deploy("r1", "r2", "r3")
     run = _operations(sample, cache_dir)[operation]
+    on_disk = ReleaseManager(str(root), owner_name="tester").info()
     before = build.snapshot(root.parent)
 
-    predicted = run(ReleaseManager(str(root), owner_name="tester", check_mode=True))
+    checked = run(ReleaseManager(str(root), owner_name="tester", check_mode=True))
     assert build.snapshot(root.parent) == before, f"check mode {operation} touched the tree"
+    # the state reported is the one on disk: a playbook can plan with it (from current to release)
+    for key in ("current", "previous", "rollback_target", "releases", "history", "lock"):
+        assert checked[key] == on_disk[key], key
 
     real = run(ReleaseManager(str(root), owner_name="tester"))
-    assert predicted["changed"] == real["changed"]
-    assert predicted["current"] == real["current"]
-    assert [(r["id"], r["state"]) for r in predicted["releases"]] == [(r["id"], r["state"]) for r in real["releases"]]
-    assert predicted.get("removed") == real.get("removed")
+    for key in ("changed", "release", "removed", "path"):
+        assert checked.get(key) == real.get(key), key
 
     # and running the same step again is a no-op (except a rollback without target, which moves on by design)
     if operation not in {"rollback", "lock"}:
@@ -87,7 +89,6 @@ def test_check_mode_reports_the_same_errors(deploy: Deploy, root: Path, build: S
 def test_check_mode_on_a_fresh_host_creates_nothing(sample: Sample, root: Path, cache_dir: Path) -> None:
     checker = ReleaseManager(str(root), owner_name="tester", check_mode=True)
     result = checker.prepare("r1", [sample("r1")], cache_dir=str(cache_dir))
-    assert result["changed"] is True
-    assert [r["id"] for r in result["releases"]] == ["r1"]
+    assert (result["changed"], result["release"], result["releases"]) == (True, "r1", [])
     assert not root.exists()
     assert not cache_dir.exists()

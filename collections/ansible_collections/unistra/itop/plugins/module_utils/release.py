@@ -18,6 +18,7 @@ Layout under ``root``::
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import fcntl
 import grp
@@ -886,6 +887,8 @@ class _State:
     current: str | None
     lock: dict[str, Any] | None
     dirty: bool = False
+    # In check mode the operation runs on this state in memory only; results report the untouched copy.
+    on_disk: _State | None = None
 
 
 class ReleaseManager:
@@ -943,7 +946,10 @@ class ReleaseManager:
                 os.close(fd)
 
     def _load(self) -> _State:
-        return _State(journal=load_journal(self.journal_path), current=self._read_current(), lock=self._read_lock())
+        state = _State(journal=load_journal(self.journal_path), current=self._read_current(), lock=self._read_lock())
+        if self.check_mode:
+            state.on_disk = copy.deepcopy(state)
+        return state
 
     def _read_current(self) -> str | None:
         try:
@@ -1025,6 +1031,10 @@ class ReleaseManager:
         return view
 
     def _result(self, state: _State, changed: bool, msg: str, **extra: Any) -> dict[str, Any]:
+        """The common result. In check mode the state reported is the one on disk (nothing moved); what would
+        happen is in ``changed``, ``msg`` and the operation's own keys (``release``, ``removed``...)."""
+        if state.on_disk is not None:
+            state = state.on_disk
         releases = sorted(
             state.journal["releases"].values(), key=lambda r: (r.get("prepared_seq") or 0, r.get("id", ""))
         )

@@ -31,7 +31,9 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Reports exactly what would change and touches nothing (no download, no lock file, no journal write).
+    description:
+      - Reports exactly what would change and touches nothing (no download, no lock file, no journal write).
+      - The state returned is the one on disk; RV(release) and RV(removed) name what would be acted on.
   diff_mode:
     support: none
     description: The result holds the journal state instead.
@@ -232,7 +234,12 @@ root:
   type: str
   sample: /srv/itop
 current:
-  description: The current release id (after the operation; predicted in check mode), or null.
+  description:
+    - The current release id after the operation, or null.
+    - In check mode every state key (RV(current), RV(previous), RV(rollback_target), RV(releases), RV(history),
+      RV(lock)) reports the state on disk, since nothing moved; what would happen is in RV(changed), RV(release),
+      RV(removed) and RV(msg). A check-mode rollback thus tells where a rollback goes (RV(release)) from where
+      (RV(current)).
   returned: always
   type: str
   sample: 2026.11.28-1
