@@ -17,7 +17,7 @@ from .config import OPTIONS, Settings, load_settings
 from .errors import ExitCode, ItopctlError, bad_input
 from .manifest import check_release_id, load_manifest
 from .pipeline import Pipeline, load_pipeline, parse_duration
-from .store import Store, iso, redact_url, utcnow
+from .store import Store, redact_url, utcnow
 
 
 class Context:
@@ -444,6 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    _release_commands(sub, add)
+    _deploy_commands(add)
+    _lock_commands(add)
+    _lab_commands(sub, add)
+    add("config", cmd_config, "show the settings and where each comes from")
+    return parser
+
+
+Adder = Callable[..., Any]
+
+
+def _release_commands(sub: Any, add: Adder) -> None:
     release = sub.add_parser("release", help="add, list, show, reject releases")
     rsub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     p = add("add", cmd_release_add, "record a release manifest (immutable)", rsub)
@@ -455,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--reason", required=True)
 
+
+def _deploy_commands(add: Adder) -> None:
     for name, helptext in (
         ("promote", "promote a release to a stage (gates, lock, prepare, switch in batches, verify)"),
         ("deploy", "deploy a release to the first stage (same as promote --to <first stage>)"),
@@ -481,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--release")
     p.add_argument("--limit", type=int, default=50, help="0 for all (default 50)")
 
+
+def _lock_commands(add: Adder) -> None:
     p = add("lock", cmd_lock, "lock a stage (owner, reason, lease); --force takes it over (recorded)")
     p.add_argument("stage")
     p.add_argument("--reason", required=True)
@@ -494,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage")
     p.add_argument("--limit", type=int, default=50)
 
+
+def _lab_commands(sub: Any, add: Adder) -> None:
     lab = sub.add_parser("lab", help="the local docker lab")
     lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     p = add("up", cmd_lab_up, "create the lab's networks, systemd containers and inventories", lsub)
@@ -504,9 +522,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default="unistra-itop/debian12-systemd:latest")
     p = add("down", cmd_lab_down, "remove the lab's containers and networks", lsub)
     p.add_argument("--prefix", default="lab")
-
-    add("config", cmd_config, "show the settings and where each comes from")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -532,6 +547,3 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     finally:
         if ctx is not None:
             ctx.close()
-
-
-__all__ = ["build_parser", "iso", "main"]

@@ -109,23 +109,24 @@ def defaults(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _config_path(config_file: str | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """``--config``, else ``$ITOPCTL_CONFIG``, else ``./itopctl.toml`` when it exists; a named file must exist."""
+    for value, origin in ((config_file, "--config"), (environ.get("ITOPCTL_CONFIG"), "ITOPCTL_CONFIG")):
+        if value:
+            if not Path(value).is_file():
+                raise bad_input(f"config file not found: {value} (from {origin})")
+            return Path(value)
+    local = cwd / "itopctl.toml"
+    return local if local.is_file() else None
+
+
 def load_settings(
     cli: Mapping[str, Any], environ: Mapping[str, str], config_file: str | None = None, cwd: Path | None = None
 ) -> Settings:
     values = {name: Setting(value, "default") for name, value in defaults(environ).items()}
     by_name = {opt.name: opt for opt in OPTIONS}
 
-    path: Path | None = None
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise bad_input(f"config file not found: {path}")
-    elif environ.get("ITOPCTL_CONFIG"):
-        path = Path(environ["ITOPCTL_CONFIG"])
-        if not path.is_file():
-            raise bad_input(f"config file not found: {path} (from ITOPCTL_CONFIG)")
-    elif (cwd or Path.cwd()).joinpath("itopctl.toml").is_file():
-        path = (cwd or Path.cwd()) / "itopctl.toml"
+    path = _config_path(config_file, environ, cwd or Path.cwd())
 
     def convert(opt: Option, raw: Any, source: str) -> Setting:
         try:

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .errors import ExitCode, ItopctlError, bad_input, refused
 from .pipeline import Pipeline, Stage
 from .runner import ConsoleDisplay, Display, PhaseInterrupt, PlaybookRunner, RunResult
 from .sentry import record_deploy
-from .store import DeploymentRecord, ReleaseRecord, Store, parse_iso, utcnow
+from .store import DeploymentRecord, LockHandle, ReleaseRecord, Store, parse_iso, utcnow
 
 
 @dataclass(frozen=True)
@@ -246,147 +245,12 @@ class Orchestrator:
                 kind="promote", release_id=release.id, stage=stage.name, from_release=current, who=self.user, now=now
             )
             self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
-            interrupt = PhaseInterrupt(self.display)
-            with interrupt.installed():
-                outcome = self._promotion(runner, release, stage, current, deployment_id, interrupt, handle)
+            promotion = _Promotion(self, runner, release, stage, current, deployment_id, handle)
+            with promotion.interrupt.installed():
+                outcome = promotion.run()
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, checks)
         finally:
             self.store.release_handle(handle, self.clock())
-
-    def _promotion(
-        self,
-        runner: PlaybookRunner,
-        release: ReleaseRecord,
-        stage: Stage,
-        current: str | None,
-        deployment_id: int,
-        interrupt: PhaseInterrupt,
-        handle: Any,
-    ) -> Outcome:
-        store = self.store
-        idents: list[str] = []
-        extravars = self._extravars(release, stage, deployment_id)
-        project = self.pipeline.path.parent
-
-        def phase(name: str) -> None:
-            interrupt.phase = name
-            store.update_deployment(deployment_id, phase=name)
-            store.attach_lock(handle, deployment_id, self.lock_lease, self.clock())
-
-        def run(name: str, limit: list[str] | None, **more: Any) -> RunResult:
-            result = runner.run(
-                phase=name,
-                playbook=stage.playbooks[name if name != "rollback-switched" else "rollback"],
-                inventory=stage.inventory,
-                extravars={**extravars, "deploy_phase": name.split("-")[0], **more},
-                limit=limit,
-                project_dir=project,
-            )
-            idents.append(result.ident)
-            store.update_deployment(deployment_id, runner_idents=idents)
-            return result
-
-        def finish(
-            result: str, message: str, code: ExitCode, state: tuple[str | None, str | None, str] | None, **values: Any
-        ) -> Outcome:
-            record = store.finish_deployment(
-                deployment_id, result=result, now=self.clock(), stage_state=state, message=message, **values
-            )
-            return Outcome(result, message, code, record)
-
-        # 1. prepare on every host: a failure here switches nothing
-        phase("prepare")
-        prepared = run("prepare", None)
-        hosts = sorted(prepared.hosts, key=natural_key)
-        store.update_deployment(deployment_id, hosts=hosts)
-        if not prepared.ok:
-            where = ", ".join(prepared.failed_hosts) or f"status {prepared.status}, rc {prepared.rc}"
-            return finish("failed", f"prepare failed ({where}); nothing was switched", ExitCode.FAILED, None)
-        if not hosts:
-            return finish("failed", f"the inventory {stage.inventory} has no host for prepare", ExitCode.FAILED, None)
-        if interrupt.requested:
-            return finish("interrupted", "interrupted after prepare; nothing was switched", ExitCode.INTERRUPTED, None)
-
-        # 2. switch in batches, then 3. verify; a failure after a switch is undone by undo_switch
-        def rollback_switched(targets: list[str]) -> RunResult:
-            phase("rollback")
-            assert current is not None
-            return run("rollback-switched", targets, rollback_to=current, restore_db=False)
-
-        can_undo = stage.auto_rollback and current is not None
-        try:
-            with undo_switch(rollback_switched if can_undo else None) as ledger:
-                phase("switch")
-                for number, batch in enumerate(batches(hosts, stage.batch_size), start=1):
-                    result = run("switch", batch, deploy_batch=number)
-                    ledger.switched.extend(batch)
-                    store.update_deployment(deployment_id, switched_hosts=ledger.switched)
-                    if not result.ok:
-                        failed = ", ".join(result.failed_hosts) or f"status {result.status}"
-                        raise PhaseFailed("switch", f"switch failed in batch {number} ({failed})", result)
-                if interrupt.requested:
-                    return finish(
-                        "interrupted",
-                        f"interrupted after the switch: {len(hosts)} host(s) run {release.id}, NOT verified "
-                        f"(run `itopctl promote {release.id} --to {stage.name}` again to verify, or roll back)",
-                        ExitCode.INTERRUPTED,
-                        (release.id, current, "unverified"),
-                        switched_hosts=ledger.switched,
-                    )
-                phase("verify")
-                verified = run("verify", ledger.switched)
-                if not verified.ok:
-                    failed = ", ".join(verified.failed_hosts) or f"status {verified.status}"
-                    raise PhaseFailed("verify", f"verify failed ({failed})", verified)
-        except PhaseFailed as failure:
-            if ledger.rolled_back and ledger.rollback_ok:
-                return finish(
-                    "rolled_back",
-                    f"{failure.message}; rolled back {len(ledger.switched)} switched host(s) to {current}",
-                    ExitCode.ROLLED_BACK,
-                    (current, release.id, f"rolled back ({failure.phase} of {release.id} failed)"),
-                    phase=failure.phase,
-                    switched_hosts=ledger.switched,
-                )
-            if ledger.rolled_back:
-                detail = f"{failure.message}; ROLLBACK FAILED: {ledger.rollback_detail}"
-            elif current is None:
-                detail = f"{failure.message}; no previous release on {stage.name} to roll back to"
-            else:
-                detail = f"{failure.message}; auto-rollback is off for {stage.name}"
-            health = "failed (mixed releases)" if failure.phase == "switch" else "verify failed"
-            return finish(
-                "failed",
-                detail,
-                ExitCode.FAILED,
-                (release.id, current, health),
-                phase=failure.phase,
-                switched_hosts=ledger.switched,
-            )
-
-        sentry = ""
-        if stage.sentry is not None:
-            record = store.deployment(deployment_id)
-            outcome = record_deploy(
-                stage.sentry,
-                release=release.id,
-                environment=stage.sentry.environment or stage.name,
-                name=f"itopctl #{deployment_id} by {self.user}",
-                duration=(self.clock() - parse_iso(record.started_at)).total_seconds(),
-            )
-            sentry = outcome.summary()
-            if not outcome.recorded:
-                self.display.message(f"warning: Sentry {sentry}")
-        return finish(
-            "succeeded",
-            f"{release.id} runs on {stage.name} ({len(hosts)} host(s)), verified",
-            ExitCode.OK,
-            (release.id, current, "healthy"),
-            phase="verify",
-            verified=True,
-            switched_hosts=ledger.switched,
-            sentry=sentry,
-        )
 
     # -- rollback --------------------------------------------------------------------------------------
     def rollback_target(self, stage: Stage, current: str) -> str | None:
@@ -495,5 +359,165 @@ class Orchestrator:
             self.store.release_handle(handle, self.clock())
 
 
-def find_playbook(path: Path) -> Path:
-    return path
+class _Promotion:
+    """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes."""
+
+    def __init__(  # noqa: PLR0917 - an internal value object built in one place
+        self,
+        orchestrator: Orchestrator,
+        runner: PlaybookRunner,
+        release: ReleaseRecord,
+        stage: Stage,
+        current: str | None,
+        deployment_id: int,
+        handle: LockHandle,
+    ) -> None:
+        self.o = orchestrator
+        self.store = orchestrator.store
+        self.runner = runner
+        self.release = release
+        self.stage = stage
+        self.current = current
+        self.deployment_id = deployment_id
+        self.handle = handle
+        self.interrupt = PhaseInterrupt(orchestrator.display)
+        self.idents: list[str] = []
+        self.extravars = orchestrator._extravars(release, stage, deployment_id)
+
+    def phase(self, name: str) -> None:
+        """Enter a phase: recorded, and the lock's lease renewed."""
+        self.interrupt.phase = name
+        self.store.update_deployment(self.deployment_id, phase=name)
+        self.store.attach_lock(self.handle, self.deployment_id, self.o.lock_lease, self.o.clock())
+
+    def play(self, phase: str, limit: list[str] | None, **more: Any) -> RunResult:
+        result = self.runner.run(
+            phase=phase,
+            playbook=self.stage.playbooks[phase],
+            inventory=self.stage.inventory,
+            extravars={**self.extravars, "deploy_phase": phase, **more},
+            limit=limit,
+            project_dir=self.o.pipeline.path.parent,
+        )
+        self.idents.append(result.ident)
+        self.store.update_deployment(self.deployment_id, runner_idents=self.idents)
+        return result
+
+    def finish(
+        self, result: str, message: str, code: ExitCode, state: tuple[str | None, str | None, str] | None, **values: Any
+    ) -> Outcome:
+        record = self.store.finish_deployment(
+            self.deployment_id, result=result, now=self.o.clock(), stage_state=state, message=message, **values
+        )
+        return Outcome(result, message, code, record)
+
+    def rollback_switched(self, hosts: list[str]) -> RunResult:
+        self.phase("rollback")
+        assert self.current is not None
+        return self.play("rollback", hosts, rollback_to=self.current, restore_db=False)
+
+    def run(self) -> Outcome:
+        stage = self.stage
+        # 1. prepare on every host: a failure here switches nothing
+        self.phase("prepare")
+        prepared = self.play("prepare", None)
+        hosts = sorted(prepared.hosts, key=natural_key)
+        self.store.update_deployment(self.deployment_id, hosts=hosts)
+        if not prepared.ok:
+            where = ", ".join(prepared.failed_hosts) or f"status {prepared.status}, rc {prepared.rc}"
+            return self.finish("failed", f"prepare failed ({where}); nothing was switched", ExitCode.FAILED, None)
+        if not hosts:
+            return self.finish("failed", f"no host in {stage.inventory} for prepare", ExitCode.FAILED, None)
+        if self.interrupt.requested:
+            return self.finish(
+                "interrupted", "interrupted after prepare; nothing was switched", ExitCode.INTERRUPTED, None
+            )
+        # 2. switch in batches, then 3. verify; a failure after a switch is undone by undo_switch
+        can_undo = stage.auto_rollback and self.current is not None
+        try:
+            with undo_switch(self.rollback_switched if can_undo else None) as ledger:
+                outcome = self.switch_and_verify(hosts, ledger)
+        except PhaseFailed as failure:
+            return self.failed(failure, ledger)
+        if outcome is not None:
+            return outcome
+        return self.succeeded(hosts, ledger)
+
+    def switch_and_verify(self, hosts: list[str], ledger: SwitchLedger) -> Outcome | None:
+        """Raise :class:`PhaseFailed` on a failure; return an outcome only when interrupted after the switch."""
+        self.phase("switch")
+        for number, batch in enumerate(batches(hosts, self.stage.batch_size), start=1):
+            result = self.play("switch", batch, deploy_batch=number)
+            ledger.switched.extend(batch)
+            self.store.update_deployment(self.deployment_id, switched_hosts=ledger.switched)
+            if not result.ok:
+                failed = ", ".join(result.failed_hosts) or f"status {result.status}"
+                raise PhaseFailed("switch", f"switch failed in batch {number} ({failed})", result)
+        if self.interrupt.requested:  # only now: a switch is never cut between batches
+            return self.finish(
+                "interrupted",
+                f"interrupted after the switch: {len(hosts)} host(s) run {self.release.id}, NOT verified "
+                f"(run `itopctl promote {self.release.id} --to {self.stage.name}` again to verify, or roll back)",
+                ExitCode.INTERRUPTED,
+                (self.release.id, self.current, "unverified"),
+                switched_hosts=ledger.switched,
+            )
+        self.phase("verify")
+        verified = self.play("verify", ledger.switched)
+        if not verified.ok:
+            failed = ", ".join(verified.failed_hosts) or f"status {verified.status}"
+            raise PhaseFailed("verify", f"verify failed ({failed})", verified)
+        return None
+
+    def failed(self, failure: PhaseFailed, ledger: SwitchLedger) -> Outcome:
+        release, current = self.release, self.current
+        if ledger.rolled_back and ledger.rollback_ok:
+            return self.finish(
+                "rolled_back",
+                f"{failure.message}; rolled back {len(ledger.switched)} switched host(s) to {current}",
+                ExitCode.ROLLED_BACK,
+                (current, release.id, f"rolled back ({failure.phase} of {release.id} failed)"),
+                phase=failure.phase,
+                switched_hosts=ledger.switched,
+            )
+        if ledger.rolled_back:
+            detail = f"{failure.message}; ROLLBACK FAILED: {ledger.rollback_detail}"
+        elif current is None:
+            detail = f"{failure.message}; no previous release on {self.stage.name} to roll back to"
+        else:
+            detail = f"{failure.message}; auto-rollback is off for {self.stage.name}"
+        health = "failed (mixed releases)" if failure.phase == "switch" else "verify failed"
+        return self.finish(
+            "failed",
+            detail,
+            ExitCode.FAILED,
+            (release.id, current, health),
+            phase=failure.phase,
+            switched_hosts=ledger.switched,
+        )
+
+    def succeeded(self, hosts: list[str], ledger: SwitchLedger) -> Outcome:
+        release, stage = self.release, self.stage
+        sentry = ""
+        if stage.sentry is not None:
+            record = self.store.deployment(self.deployment_id)
+            outcome = record_deploy(
+                stage.sentry,
+                release=release.id,
+                environment=stage.sentry.environment or stage.name,
+                name=f"itopctl #{self.deployment_id} by {self.o.user}",
+                duration=(self.o.clock() - parse_iso(record.started_at)).total_seconds(),
+            )
+            sentry = outcome.summary()
+            if not outcome.recorded:
+                self.o.display.message(f"warning: Sentry {sentry}")
+        return self.finish(
+            "succeeded",
+            f"{release.id} runs on {stage.name} ({len(hosts)} host(s)), verified",
+            ExitCode.OK,
+            (release.id, self.current, "healthy"),
+            phase="verify",
+            verified=True,
+            switched_hosts=ledger.switched,
+            sentry=sentry,
+        )

@@ -109,7 +109,7 @@ class SentryConfig:
     url: str
     org: str
     project: str
-    token_env: str = "SENTRY_AUTH_TOKEN"
+    token_env: str = "SENTRY_AUTH_TOKEN"  # noqa: S105 - the NAME of a variable, not a token
     environment: str = ""
 
 
@@ -188,49 +188,53 @@ def _parse_moment(checker: Checker, value: object, path: PathKey) -> datetime | 
     return moment
 
 
+def _weekly(checker: Checker, raw: dict[str, Any], where: PathKey) -> FreezeWindow | None:
+    days_raw = raw.get("weekdays")
+    days: list[int] = []
+    if not isinstance(days_raw, list) or not days_raw:
+        checker.error((*where, "weekdays"), "a window needs start/end, or weekdays with from/to")
+    else:
+        for j, day in enumerate(days_raw):
+            if str(day).lower()[:3] in WEEKDAYS:
+                days.append(WEEKDAYS.index(str(day).lower()[:3]))
+            else:
+                checker.error((*where, "weekdays", j), f"unknown weekday {day!r} (mon..sun)")
+    from_time = _parse_clock(checker, raw.get("from", "00:00"), (*where, "from"))
+    to_time = _parse_clock(checker, raw.get("to", "23:59"), (*where, "to"))
+    zone = str(raw.get("timezone", "UTC"))
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        checker.error((*where, "timezone"), f"unknown time zone {zone!r}")
+        return None
+    if not days or from_time is None or to_time is None:
+        return None
+    reason = str(raw.get("reason", ""))
+    return FreezeWindow(reason=reason, weekdays=tuple(days), from_time=from_time, to_time=to_time, timezone=zone)
+
+
+def _window(checker: Checker, item: object, where: PathKey) -> FreezeWindow | None:
+    raw = checker.mapping(item, where, {"start", "end", "weekdays", "from", "to", "timezone", "reason"})
+    if "start" not in raw and "end" not in raw:
+        return _weekly(checker, raw, where)
+    start = _parse_moment(checker, raw.get("start"), (*where, "start"))
+    end = _parse_moment(checker, raw.get("end"), (*where, "end"))
+    if start is None or end is None:
+        return None
+    if end <= start:
+        checker.error((*where, "end"), "must be after start")
+        return None
+    return FreezeWindow(reason=str(raw.get("reason", "")), start=start, end=end)
+
+
 def _freeze(checker: Checker, value: object, path: PathKey) -> tuple[FreezeWindow, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         checker.error(path, "must be a list of windows")
         return ()
-    windows: list[FreezeWindow] = []
-    for i, item in enumerate(value):
-        where = (*path, i)
-        raw = checker.mapping(item, where, {"start", "end", "weekdays", "from", "to", "timezone", "reason"})
-        reason = str(raw.get("reason", ""))
-        if "start" in raw or "end" in raw:
-            start = _parse_moment(checker, raw.get("start"), (*where, "start"))
-            end = _parse_moment(checker, raw.get("end"), (*where, "end"))
-            if start is not None and end is not None:
-                if end <= start:
-                    checker.error((*where, "end"), "must be after start")
-                else:
-                    windows.append(FreezeWindow(reason=reason, start=start, end=end))
-            continue
-        days_raw = raw.get("weekdays")
-        days: list[int] = []
-        if not isinstance(days_raw, list) or not days_raw:
-            checker.error((*where, "weekdays"), "a window needs start/end, or weekdays with from/to")
-        else:
-            for j, day in enumerate(days_raw):
-                if str(day).lower()[:3] in WEEKDAYS:
-                    days.append(WEEKDAYS.index(str(day).lower()[:3]))
-                else:
-                    checker.error((*where, "weekdays", j), f"unknown weekday {day!r} (mon..sun)")
-        from_time = _parse_clock(checker, raw.get("from", "00:00"), (*where, "from"))
-        to_time = _parse_clock(checker, raw.get("to", "23:59"), (*where, "to"))
-        zone = str(raw.get("timezone", "UTC"))
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            checker.error((*where, "timezone"), f"unknown time zone {zone!r}")
-            continue
-        if days and from_time is not None and to_time is not None:
-            windows.append(
-                FreezeWindow(reason=reason, weekdays=tuple(days), from_time=from_time, to_time=to_time, timezone=zone)
-            )
-    return tuple(windows)
+    windows = (_window(checker, item, (*path, i)) for i, item in enumerate(value))
+    return tuple(w for w in windows if w is not None)
 
 
 def _gates(checker: Checker, value: object, path: PathKey) -> Gates:
@@ -299,6 +303,80 @@ _STAGE_KEYS = {
 }
 
 
+def _environment(checker: Checker, value: object, base: Path) -> dict[str, str]:
+    """``ansible:`` -> the variables every run gets (paths resolved against the pipeline's directory)."""
+    ansible = checker.mapping(value, ("ansible",), {"collections_path", "roles_path", "environment"})
+    environment: dict[str, str] = {}
+    for key, item in checker.mapping(ansible.get("environment"), ("ansible", "environment"), None).items():
+        if not ENV_NAME.match(key):
+            checker.error(("ansible", "environment", key), "not a valid environment variable name")
+        else:
+            environment[key] = str(item)
+    for key, var in (("collections_path", "ANSIBLE_COLLECTIONS_PATH"), ("roles_path", "ANSIBLE_ROLES_PATH")):
+        if key in ansible:
+            paths = checker.string(ansible[key], ("ansible", key))
+            if paths:
+                environment[var] = ":".join(str((base / p).resolve()) for p in paths.split(":"))
+    return environment
+
+
+class _StageReader:
+    """Reads one ``stages[i]`` entry, falling back to ``defaults`` key by key."""
+
+    def __init__(self, checker: Checker, defaults: dict[str, Any], base: Path) -> None:
+        self.checker = checker
+        self.defaults = defaults
+        self.base = base
+
+    def pick(self, raw: dict[str, Any], where: PathKey, key: str) -> tuple[Any, PathKey]:
+        if key in raw:
+            return raw[key], (*where, key)
+        return self.defaults.get(key), ("defaults", key)
+
+    def playbooks(self, raw: dict[str, Any], where: PathKey, name: str) -> dict[str, Path]:
+        checker = self.checker
+        own = raw.get("playbooks") if isinstance(raw.get("playbooks"), dict) else {}
+        merged = {
+            **checker.mapping(self.defaults.get("playbooks"), ("defaults", "playbooks"), set(PHASES)),
+            **checker.mapping(raw.get("playbooks"), (*where, "playbooks"), set(PHASES)),
+        }
+        playbooks: dict[str, Path] = {}
+        for phase in PHASES:
+            if merged.get(phase) is None:
+                checker.error((*where, "playbooks"), f"no {phase!r} playbook (set it here or in defaults.playbooks)")
+                continue
+            place = (*where, "playbooks", phase) if phase in (own or {}) else ("defaults", "playbooks", phase)
+            playbook = checker.string(merged[phase], place)
+            if playbook:
+                playbooks[phase] = self.base / playbook.replace("{stage}", name)
+        return playbooks
+
+    def stage(self, raw: dict[str, Any], where: PathKey, name: str, index: int) -> Stage:
+        checker = self.checker
+        inv_value, inv_path = self.pick(raw, where, "inventory")
+        inventory = self.base / f"inventories/{name}"
+        if inv_value is not None:
+            inv = checker.string(inv_value, inv_path)
+            if inv:
+                inventory = self.base / inv.replace("{stage}", name)
+        batch_value, batch_path = self.pick(raw, where, "batch_size")
+        batch = checker.integer(1 if batch_value is None else batch_value, batch_path, 1)
+        ar_value, ar_path = self.pick(raw, where, "auto_rollback")
+        auto_rollback = checker.boolean(True if ar_value is None else ar_value, ar_path)
+        return Stage(
+            name=name,
+            index=index,
+            inventory=inventory,
+            playbooks=self.playbooks(raw, where, name),
+            batch_size=batch or 1,
+            auto_rollback=True if auto_rollback is None else auto_rollback,
+            verify_checks=_checks(checker, *self.pick(raw, where, "verify")),
+            gates=_gates(checker, *self.pick(raw, where, "gates")),
+            sentry=_sentry(checker, *self.pick(raw, where, "sentry")),
+            extra_vars=checker.mapping(*self.pick(raw, where, "extra_vars"), None),
+        )
+
+
 def load_pipeline(path: Path) -> Pipeline:
     """Load and validate a pipeline file; raise one bad-input error listing every problem with its place."""
     doc = load_yaml_file(path, "pipeline file")
@@ -309,99 +387,24 @@ def load_pipeline(path: Path) -> Pipeline:
         raise bad_input(f"malformed pipeline {path}", checker.errors)
     if "version" in top and top["version"] != 1:
         checker.error(("version",), f"unsupported version {top['version']!r} (this itopctl reads version 1)")
-    defaults = checker.mapping(top.get("defaults"), ("defaults",), _STAGE_KEYS - {"name"})
-
-    ansible = checker.mapping(top.get("ansible"), ("ansible",), {"collections_path", "roles_path", "environment"})
-    environment: dict[str, str] = {}
-    for key, value in checker.mapping(ansible.get("environment"), ("ansible", "environment"), None).items():
-        if not ENV_NAME.match(key):
-            checker.error(("ansible", "environment", key), "not a valid environment variable name")
-        else:
-            environment[key] = str(value)
-    for key, var in (("collections_path", "ANSIBLE_COLLECTIONS_PATH"), ("roles_path", "ANSIBLE_ROLES_PATH")):
-        if key in ansible:
-            value = checker.string(ansible[key], ("ansible", key))
-            if value:
-                environment[var] = ":".join(str((base / p).resolve()) for p in value.split(":"))
+    reader = _StageReader(checker, checker.mapping(top.get("defaults"), ("defaults",), _STAGE_KEYS - {"name"}), base)
+    environment = _environment(checker, top.get("ansible"), base)
 
     raw_stages = top.get("stages", list(DEFAULT_STAGES))
     if not isinstance(raw_stages, list) or not raw_stages:
         checker.error(("stages",), "must be a non-empty list of stages")
         raw_stages = []
     stages: list[Stage] = []
-    seen: set[str] = set()
     for index, item in enumerate(raw_stages):
         where: PathKey = ("stages", index)
-        if isinstance(item, str):
-            item = {"name": item}
-        raw = checker.mapping(item, where, _STAGE_KEYS)
-        if not raw:
-            continue
-        name = checker.string(raw.get("name"), (*where, "name"), pattern=STAGE_NAME)
+        raw = checker.mapping({"name": item} if isinstance(item, str) else item, where, _STAGE_KEYS)
+        name = checker.string(raw.get("name"), (*where, "name"), pattern=STAGE_NAME) if raw else None
         if name is None:
             continue
-        if name in seen:
+        if name in {s.name for s in stages}:
             checker.error((*where, "name"), f"stage {name!r} appears twice")
             continue
-        seen.add(name)
-
-        def pick(key: str, where: PathKey = where, raw: dict[str, Any] = raw) -> tuple[Any, PathKey]:
-            if key in raw:
-                return raw[key], (*where, key)
-            return defaults.get(key), ("defaults", key)
-
-        inv_value, inv_path = pick("inventory")
-        inventory = base / f"inventories/{name}"
-        if inv_value is not None:
-            inv = checker.string(inv_value, inv_path)
-            if inv:
-                inventory = base / inv.replace("{stage}", name)
-
-        playbooks: dict[str, Path] = {}
-        pb_raw = {
-            **checker.mapping(defaults.get("playbooks"), ("defaults", "playbooks"), set(PHASES)),
-            **checker.mapping(raw.get("playbooks"), (*where, "playbooks"), set(PHASES)),
-        }
-        for phase in PHASES:
-            pb_where = (
-                (*where, "playbooks", phase)
-                if phase in (raw.get("playbooks") or {})
-                else ("defaults", "playbooks", phase)
-            )
-            value = pb_raw.get(phase)
-            if value is None:
-                checker.error((*where, "playbooks"), f"no {phase!r} playbook (set it here or in defaults.playbooks)")
-                continue
-            pb = checker.string(value, pb_where)
-            if pb:
-                playbooks[phase] = base / pb.replace("{stage}", name)
-
-        batch_value, batch_path = pick("batch_size")
-        batch = checker.integer(batch_value if batch_value is not None else 1, batch_path, 1) or 1
-        ar_value, ar_path = pick("auto_rollback")
-        auto_rollback = checker.boolean(ar_value if ar_value is not None else True, ar_path)
-        verify_value, verify_path = pick("verify")
-        checks = _checks(checker, verify_value, verify_path)
-        gates_value, gates_path = pick("gates")
-        gates = _gates(checker, gates_value, gates_path)
-        sentry_value, sentry_path = pick("sentry")
-        sentry = _sentry(checker, sentry_value, sentry_path)
-        ev_value, ev_path = pick("extra_vars")
-        extra_vars = checker.mapping(ev_value, ev_path, None)
-        stages.append(
-            Stage(
-                name=name,
-                index=len(stages),
-                inventory=inventory,
-                playbooks=playbooks,
-                batch_size=batch,
-                auto_rollback=True if auto_rollback is None else auto_rollback,
-                verify_checks=checks,
-                gates=gates,
-                sentry=sentry,
-                extra_vars=extra_vars,
-            )
-        )
+        stages.append(reader.stage(raw, where, name, len(stages)))
     if stages and stages[0].gates.soak_seconds:
         checker.error(("stages", 0, "gates", "soak"), "the first stage has no previous stage to soak on")
     if checker.errors:

@@ -220,6 +220,7 @@ class PlaybookRunner:
         self.environment = dict(environment or {})
         self.display: Display = display or NullDisplay()
         self.environ = dict(os.environ if environ is None else environ)
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
     # -- environment ----------------------------------------------------------------------------------
     def _secrets(self) -> dict[str, str]:
@@ -246,9 +247,6 @@ class PlaybookRunner:
         limit: Sequence[str] | None = None,
         project_dir: Path | None = None,
     ) -> RunResult:
-        from ansible_runner.config.runner import RunnerConfig  # type: ignore[import-untyped]  # noqa: PLC0415
-        from ansible_runner.runner import Runner  # type: ignore[import-untyped]  # noqa: PLC0415
-
         if not playbook.is_file():
             raise ItopctlError(f"playbook not found: {playbook}", ExitCode.BAD_INPUT)
         if not inventory.exists():
@@ -257,66 +255,13 @@ class PlaybookRunner:
         ident = f"{stamp}-{phase}-{uuid.uuid4().hex[:8]}"
         private = self.runs_dir / ident
         private.mkdir(parents=True, mode=0o700)
-        env = self.child_environment()
-        config = RunnerConfig(
-            private_data_dir=str(private),
-            playbook=str(playbook.resolve()),
-            inventory=str(inventory.resolve()),
-            extravars=dict(extravars or {}),
-            limit=",".join(limit) if limit else None,
-            ident=ident,
-            envvars=env,
-            suppress_env_files=True,
-            quiet=True,
-            project_dir=str((project_dir or playbook.parent).resolve()),
+        runner = self._runner(
+            ident, private, playbook, inventory, dict(extravars or {}), limit, project_dir or playbook.parent
         )
-        config.prepare()
-        # ansible-runner seeds the child's environment with all of ours: keep only what we decided to pass.
-        config.env = {k: v for k, v in config.env.items() if k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS}
-        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        secrets = self._secrets()
-
-        def on_event(event: dict[str, Any]) -> bool:
-            events.put(event)
-            return True  # keep it in artifacts/<ident>/job_events for the audit
-
-        def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
-            if data.get("status") == "running" and secrets:
-                _scrub_file(private / "artifacts" / ident / "command", secrets)
-
-        runner = Runner(config, event_handler=on_event, status_handler=on_status, cancel_callback=lambda: False)
         progress = Progress(phase=phase, ident=ident)
         self.display.phase_started(phase, ident, limit)
         started = time.monotonic()
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                runner.run()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                failure.append(exc)
-            finally:
-                events.put(None)
-
-        worker = threading.Thread(target=work, name=f"ansible-runner-{ident}", daemon=True)
-        stats: dict[str, HostStats] = {}
-        with (private / "events.jsonl").open("w", encoding="utf-8") as log:
-            worker.start()
-            while True:
-                try:
-                    event = events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if event is None:
-                    break
-                progress.apply(event)
-                if event.get("event") == "playbook_on_stats":
-                    stats = _host_stats(event.get("event_data") or {})
-                log.write(json.dumps(_event_record(ident, phase, event), default=str) + "\n")
-                self.display.progress(progress)
-            worker.join()
-        if failure:
-            raise ItopctlError(f"ansible-runner failed to run {playbook}: {failure[0]}", ExitCode.FAILED)
+        stats = self._drive(runner, private / "events.jsonl", progress)
         result = RunResult(
             ident=ident,
             phase=phase,
@@ -326,11 +271,81 @@ class PlaybookRunner:
             private_data_dir=str(private),
             hosts=stats,
         )
-        if secrets:
-            scrub_tree(private, secrets)
+        if self._secrets():
+            scrub_tree(private, self._secrets())
         self.display.phase_finished(result, progress)
         self.rotate()
         return result
+
+    def _runner(  # noqa: PLR0917 - private helper of run()
+        self,
+        ident: str,
+        private: Path,
+        playbook: Path,
+        inventory: Path,
+        extravars: dict[str, Any],
+        limit: Sequence[str] | None,
+        project_dir: Path,
+    ) -> Any:
+        """An ansible-runner ``Runner`` whose child sees only the environment we chose."""
+        from ansible_runner.config.runner import RunnerConfig  # type: ignore[import-untyped]  # noqa: PLC0415
+        from ansible_runner.runner import Runner  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        env = self.child_environment()
+        config = RunnerConfig(
+            private_data_dir=str(private),
+            playbook=str(playbook.resolve()),
+            inventory=str(inventory.resolve()),
+            extravars=extravars,
+            limit=",".join(limit) if limit else None,
+            ident=ident,
+            envvars=env,
+            suppress_env_files=True,
+            quiet=True,
+            project_dir=str(project_dir.resolve()),
+        )
+        config.prepare()
+        # ansible-runner seeds the child's environment with all of ours: keep only what we decided to pass.
+        config.env = {k: v for k, v in config.env.items() if k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS}
+        secrets = self._secrets()
+
+        def on_event(event: dict[str, Any]) -> bool:
+            self._events.put(event)
+            return True  # keep it in artifacts/<ident>/job_events for the audit
+
+        def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
+            # ansible-runner has just written artifacts/<ident>/command with the child's environment
+            if data.get("status") == "running" and secrets:
+                _scrub_file(private / "artifacts" / ident / "command", secrets)
+
+        return Runner(config, event_handler=on_event, status_handler=on_status, cancel_callback=lambda: False)
+
+    def _drive(self, runner: Any, log_path: Path, progress: Progress) -> dict[str, HostStats]:
+        """Run in a worker thread; here, feed the display and the JSON-lines log from the event queue."""
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                runner.run()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                self._events.put(None)
+
+        worker = threading.Thread(target=work, name=f"ansible-runner-{progress.ident}", daemon=True)
+        stats: dict[str, HostStats] = {}
+        with log_path.open("w", encoding="utf-8") as log:
+            worker.start()
+            while (event := self._events.get()) is not None:
+                progress.apply(event)
+                if event.get("event") == "playbook_on_stats":
+                    stats = _host_stats(event.get("event_data") or {})
+                log.write(json.dumps(_event_record(progress.ident, progress.phase, event), default=str) + "\n")
+                self.display.progress(progress)
+            worker.join()
+        if failure:
+            raise ItopctlError(f"ansible-runner failed: {failure[0]}", ExitCode.FAILED) from failure[0]
+        return stats
 
     def rotate(self) -> list[Path]:
         """Remove the oldest run directories beyond ``keep`` (names start with a UTC timestamp)."""

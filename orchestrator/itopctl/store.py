@@ -416,10 +416,11 @@ class Store:
                 raise ValueError(key)
             sets.append(f"{key} = ?")
             if key in ("hosts", "switched_hosts", "runner_idents"):
-                value = json.dumps(list(value))
+                params.append(json.dumps(list(value)))
             elif key in ("verified", "restore_db"):
-                value = int(bool(value))
-            params.append(value)
+                params.append(int(bool(value)))
+            else:
+                params.append(value)
         with self.transaction():
             self.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id))  # noqa: S608 - column names are checked above
 
@@ -475,7 +476,8 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC"
         if limit:
-            sql += f" LIMIT {int(limit)}"
+            sql += " LIMIT ?"
+            params.append(int(limit))
         return [_deployment(row) for row in self.rows(sql, params)]
 
     def verified_deployment(self, stage: str, release_id: str) -> DeploymentRecord | None:
@@ -498,18 +500,23 @@ class Store:
 
     # -- locks -----------------------------------------------------------------------------------------
     def lock(self, stage: str) -> LockRecord | None:
-        row = self.one(
+        """The stage's lock row; inside a PostgreSQL transaction it is also locked (FOR UPDATE) until commit."""
+        sql = (
             "SELECT stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at FROM locks "
-            "WHERE stage = ?" + (" FOR UPDATE" if self.dialect == "postgresql" and self._in_tx else ""),
-            (stage,),
+            "WHERE stage = ?"
         )
+        if self.dialect == "postgresql" and self._in_tx:
+            sql += " FOR UPDATE"
+        row = self.one(sql, (stage,))
         return LockRecord(*row) if row else None
 
     def locks(self) -> dict[str, LockRecord]:
         rows = self.rows("SELECT stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at FROM locks")
         return {row[0]: LockRecord(*row) for row in rows}
 
-    def _lock_event(self, stage: str, event: str, owner: str, previous: str | None, reason: str, now: datetime) -> None:
+    def _lock_event(
+        self, stage: str, event: str, owner: str, *, previous: str | None, reason: str, now: datetime
+    ) -> None:
         self.execute(
             "INSERT INTO lock_events (stage, event, owner, previous_owner, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
             (stage, event, owner, previous, reason, iso(now)),
@@ -521,7 +528,7 @@ class Store:
         if stage is not None:
             sql += " WHERE stage = ?"
             params.append(stage)
-        return [LockEvent(*row) for row in self.rows(sql + f" ORDER BY id DESC LIMIT {int(limit)}", params)]
+        return [LockEvent(*row) for row in self.rows(sql + " ORDER BY id DESC LIMIT ?", [*params, int(limit)])]
 
     def acquire_lock(
         self,
@@ -589,7 +596,7 @@ class Store:
                     "acquired_at = ?, expires_at = ? WHERE stage = ? AND token = ?",
                     (owner, reason, kind, new.token, deployment_id, new.acquired_at, expires, stage, held.token),
                 )
-            self._lock_event(stage, event, owner, held.owner if held else None, reason, now)
+            self._lock_event(stage, event, owner, previous=held.owner if held else None, reason=reason, now=now)
         return LockHandle(new, event, borrowed)
 
     def attach_lock(self, handle: LockHandle, deployment_id: int, lease: int, now: datetime) -> None:
@@ -611,11 +618,11 @@ class Store:
                     "acquired_at = ?, expires_at = ? WHERE stage = ? AND token = ?",
                     (b.owner, b.reason, b.kind, b.token, b.acquired_at, b.expires_at, rec.stage, rec.token),
                 )
-                self._lock_event(rec.stage, "return", rec.owner, None, b.reason, now)
+                self._lock_event(rec.stage, "return", rec.owner, previous=None, reason=b.reason, now=now)
             else:
                 deleted = self.execute("DELETE FROM locks WHERE stage = ? AND token = ?", (rec.stage, rec.token))
                 if deleted.rowcount:
-                    self._lock_event(rec.stage, "release", rec.owner, None, rec.reason, now)
+                    self._lock_event(rec.stage, "release", rec.owner, previous=None, reason=rec.reason, now=now)
 
     def unlock(
         self, stage: str, *, owner: str, now: datetime, force: bool = False, reason: str = ""
@@ -634,5 +641,5 @@ class Store:
                 raise refused(f"stage {stage} is held by running deployment #{held.deployment_id}")
             self.execute("DELETE FROM locks WHERE stage = ? AND token = ?", (stage, held.token))
             event = "release" if held.owner == owner else "forced_release"
-            self._lock_event(stage, event, owner, held.owner, reason or held.reason, now)
+            self._lock_event(stage, event, owner, previous=held.owner, reason=reason or held.reason, now=now)
         return held

@@ -23,6 +23,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 from itopctl.runner import PlaybookRunner
 from itopctl.store import Store, iso, utcnow
 
@@ -176,8 +177,6 @@ def main() -> int:
         targets = [("sqlite", f"sqlite:///{work / 'state.db'}")]
         schema = None
         if args.pg:
-            import psycopg
-
             schema = f"bench_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(args.pg, autocommit=True) as conn:
                 conn.execute(f"CREATE SCHEMA {schema}")
@@ -195,8 +194,6 @@ def main() -> int:
                     )
         finally:
             if schema and args.pg:
-                import psycopg
-
                 with psycopg.connect(args.pg, autocommit=True) as conn:
                     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     return 0

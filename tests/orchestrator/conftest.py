@@ -7,18 +7,20 @@ The project has a pipeline (dev -> test -> prod), an inventory per stage whose h
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-
 from itopctl.cli import main
-from itopctl.store import Store
+from itopctl.store import Store, iso, utcnow
 
 HERE = Path(__file__).parent
 PG_URL = os.environ.get("ITOPCTL_TEST_PG_URL", "postgresql://itopctl:itopctl@127.0.0.1:5432/itopctl_test")
@@ -31,8 +33,6 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
-    import psycopg
-
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
@@ -49,8 +49,6 @@ class Result:
     err: str
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.out)
 
 
@@ -168,10 +166,6 @@ def sqlite_project(tmp_path: Path) -> Project:
 
 def seed_deployed(project: Project, stage: str, release: str, *, hours_ago: float = 48.0) -> None:
     """Record (without running anything) that ``release`` was promoted to ``stage`` and verified, long ago."""
-    from datetime import timedelta
-
-    from itopctl.store import iso, utcnow
-
     then = utcnow() - timedelta(hours=hours_ago)
     with project.store() as store:
         if store.release(release) is None:
@@ -200,10 +194,6 @@ def backdate(project: Project | str, stage: str, hours: float) -> None:
     """Pretend the last deployment of ``stage`` finished ``hours`` ago (to satisfy a soak gate).
 
     ``project`` is a :class:`Project` or a state store URL."""
-    from datetime import timedelta
-
-    from itopctl.store import iso, utcnow
-
     url = project if isinstance(project, str) else project.state_url
     with Store.open(url) as store:
         last = store.deployments(stage=stage, limit=1)[0]

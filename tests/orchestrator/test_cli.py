@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from conftest import Project, backdate, seed_deployed
-
 from itopctl.errors import ExitCode
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import Result, backdate
-
 from itopctl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from itopctl.errors import ExitCode, ItopctlError
 from itopctl.manifest import load_manifest
 from itopctl.pipeline import DEFAULT_STAGES, load_pipeline, parse_duration

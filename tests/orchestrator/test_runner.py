@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
-
 from itopctl.errors import ItopctlError
 from itopctl.runner import ConsoleDisplay, PlaybookRunner
 
@@ -29,7 +29,7 @@ PLAYBOOK = """\
         msg: "failing on purpose"
       when: inventory_hostname in (fail_on | default([]))
 """
-SECRET = "hunter2-very-secret-value"  # noqa: S105 - a test value
+SECRET = "hunter2-very-secret-value"
 
 
 @pytest.fixture
@@ -46,8 +46,6 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import Project, backdate, seed_deployed
 from fake_sentry import fake_sentry
-
 from itopctl.errors import ExitCode
 
 ITOPCTL = str(Path(sys.executable).parent / "itopctl")
@@ -77,7 +76,7 @@ def test_second_promotion_while_one_runs_is_refused(project: Project) -> None:
         assert "stage dev is busy: deployment #1 by alice is running" in second.err
         assert project.run("lock", "dev", "--reason", "x", user="bob").code == ExitCode.REFUSED
     finally:
-        out, err = first.communicate(timeout=60)
+        _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     history = project.run("history", "--json").json()
     assert len(history) == 1 and history[0]["result"] == "succeeded"
@@ -91,7 +90,7 @@ def test_ctrl_c_during_prepare_stops_before_the_switch(sqlite_project: Project) 
     wait_for_run(project, "prepare")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert "stops after the current phase (prepare)" in err
     record = project.run("history", "--json").json()[0]
@@ -110,7 +109,7 @@ def test_ctrl_c_during_the_switch_finishes_the_switch(sqlite_project: Project) -
     wait_for_run(project, "switch")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     record = project.run("history", "--json").json()[0]
     assert (record["result"], record["phase"], record["verified"]) == ("interrupted", "switch", False)
@@ -145,7 +144,7 @@ def test_failing_switch_batch_rolls_back_every_switched_host(sqlite_project: Pro
 
 def test_sentry_release_and_deploy_recorded_token_never_stored(sqlite_project: Project) -> None:
     project = sqlite_project
-    token = "sntrys_test_token_4f7a0c"  # noqa: S105 - a fake token for a fake server
+    token = "sntrys_test_token_4f7a0c"
     with fake_sentry() as sentry:
         pipeline = project.root / "pipeline.yml"
         pipeline.write_text(

@@ -6,7 +6,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-
 from itopctl.errors import ExitCode, ItopctlError
 from itopctl.manifest import Manifest
 from itopctl.store import Store, utcnow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from itopctl.engine import PhaseFailed, batches, undo_switch
 from itopctl.runner import HostStats, RunResult
 
