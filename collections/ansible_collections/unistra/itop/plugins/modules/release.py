@@ -237,7 +237,7 @@ current:
   description:
     - The current release id after the operation, or null.
     - In check mode every state key (RV(current), RV(previous), RV(rollback_target), RV(releases), RV(history),
-      RV(lock)) reports the state on disk, since nothing moved; what would happen is in RV(changed), RV(release),
+      RV(lock)) reports the state on disk, since nothing moved; what would happen is in C(changed), RV(release),
       RV(removed) and RV(msg). A check-mode rollback thus tells where a rollback goes (RV(release)) from where
       (RV(current)).
   returned: always
