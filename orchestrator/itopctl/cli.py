@@ -367,14 +367,12 @@ def cmd_locks(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_lab_up(ctx: Context, args: argparse.Namespace) -> int:
     from .lab import lab_up, wait_running  # noqa: PLC0415
 
-    stages = [s for s in (args.stages.split(",") if args.stages else ctx.pipeline.names) if s]
-    made = lab_up(
-        stages,
-        hosts_per_stage=args.hosts,
-        prefix=args.prefix,
-        inventory_dir=Path(args.inventory_dir),
-        image=args.image,
-    )
+    names = [s for s in args.stages.split(",") if s] if args.stages else list(ctx.pipeline.names)
+    if args.inventory_dir:
+        targets = {name: Path(args.inventory_dir) / f"{name}.yml" for name in names}
+    else:  # where the pipeline reads each stage's inventory
+        targets = {name: ctx.pipeline.stage(name).inventory for name in names}
+    made = lab_up(targets, hosts_per_stage=args.hosts, prefix=args.prefix, image=args.image)
     wait_running([h for s in made for h in s.hosts])
     if args.json:
         ctx.json(made)
@@ -518,7 +516,7 @@ def _lab_commands(sub: Any, add: Adder) -> None:
     p.add_argument("--stages", help="comma-separated (default: the pipeline's stages)")
     p.add_argument("--hosts", type=int, default=2, help="containers per stage (default 2)")
     p.add_argument("--prefix", default="lab")
-    p.add_argument("--inventory-dir", default="inventories/lab")
+    p.add_argument("--inventory-dir", help="write <dir>/<stage>.yml (default: the pipeline's inventory paths)")
     p.add_argument("--image", default="unistra-itop/debian12-systemd:latest")
     p = add("down", cmd_lab_down, "remove the lab's containers and networks", lsub)
     p.add_argument("--prefix", default="lab")

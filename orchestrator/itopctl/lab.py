@@ -1,15 +1,16 @@
 """The local lab: per stage a docker network and systemd containers of the lab image, and their inventory.
 
 Names: network ``<prefix>-<stage>``, containers ``<prefix>-<stage>-<n>`` (n from 1), every one labelled
-``unistra-itop.lab=<prefix>`` so ``lab down`` removes exactly what ``lab up`` made. The inventory of each stage is
-written to ``<inventory_dir>/<stage>.yml`` (only when its content changes) and uses the docker connection plugin.
+``unistra-itop.lab=<prefix>`` so ``lab down`` removes exactly what ``lab up`` made. Each stage's inventory is
+written where the pipeline reads it (or to ``--inventory-dir/<stage>.yml``), only when its content changes; it uses
+the community.docker.docker connection plugin.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,20 +55,19 @@ def inventory_text(stage: str, hosts: Sequence[str]) -> str:
 
 
 def lab_up(
-    stages: Sequence[str],
+    stages: Mapping[str, Path],
     *,
     hosts_per_stage: int,
     prefix: str,
-    inventory_dir: Path,
     image: str = LAB_IMAGE,
 ) -> list[LabStage]:
+    """Create (or restart) each stage's network and containers; write its inventory to the path given for it."""
     if hosts_per_stage < 1:
         raise bad_input("--hosts must be >= 1")
     if _docker("image", "inspect", image, check=False).returncode != 0:
         raise ItopctlError(f"lab image {image} not found: build it with scripts/lab-image.sh", ExitCode.FAILED)
-    inventory_dir.mkdir(parents=True, exist_ok=True)
     out: list[LabStage] = []
-    for stage in stages:
+    for stage, path in stages.items():
         network = f"{prefix}-{stage}"
         if _docker("network", "inspect", network, check=False).returncode != 0:
             _docker("network", "create", "--label", f"{LABEL}={prefix}", network)
@@ -86,7 +86,7 @@ def lab_up(
                 *SYSTEMD_FLAGS, image, "/sbin/init",
             )  # fmt: skip
             created.append(name)
-        path = inventory_dir / f"{stage}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
         text = inventory_text(stage, names)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
