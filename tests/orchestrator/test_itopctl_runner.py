@@ -29,6 +29,7 @@ PLAYBOOK = """\
         msg: "failing on purpose"
       when: inventory_hostname in (fail_on | default([]))
 """
+pytestmark = pytest.mark.slow
 SECRET = "hunter2-very-secret-value"
 
 

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, backdate, seed_deployed
 from itopctl.errors import ExitCode
+from itopctl_support import Project, backdate, seed_deployed
 
 
 def deployments(project: Project) -> int:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, backdate, seed_deployed
-from fake_sentry import fake_sentry
 from itopctl.errors import ExitCode
+from itopctl_fake_sentry import fake_sentry
+from itopctl_support import Project, backdate, seed_deployed
 
 ITOPCTL = str(Path(sys.executable).parent / "itopctl")
 pytestmark = pytest.mark.slow

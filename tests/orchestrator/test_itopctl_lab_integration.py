@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Result, backdate
 from itopctl.cli import main
+from itopctl_support import Result, backdate
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "unistra-itop/debian12-systemd:latest"
