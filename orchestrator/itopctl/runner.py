@@ -398,11 +398,13 @@ def scrub_tree(root: Path, secrets: Mapping[str, str]) -> None:
 
 
 class PhaseInterrupt:
-    """Ctrl-C (SIGINT) asks to stop at the next phase boundary instead of killing the run half-way.
+    """Ctrl-C (SIGINT) or SIGTERM asks to stop at the next phase boundary instead of killing a run half-way.
 
     ansible-playbook runs in its own session (ansible-runner spawns it on a pty), so the terminal's SIGINT reaches
     only us; we note it, tell the operator, and the orchestrator checks :attr:`requested` between phases.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, display: Display) -> None:
         self.display = display
@@ -412,8 +414,8 @@ class PhaseInterrupt:
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         self.display.message(
-            f"\n!! interrupt received: itopctl stops after the current phase ({self.phase or 'starting'}); "
-            "a switch is never cut half-way"
+            f"\n!! {signal.Signals(signum).name} received: itopctl stops after the current phase "
+            f"({self.phase or 'starting'}); a switch is never cut half-way"
         )
 
     @contextmanager
@@ -421,8 +423,9 @@ class PhaseInterrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -92,7 +92,7 @@ def test_ctrl_c_during_prepare_stops_before_the_switch(sqlite_project: Project) 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
-    assert "stops after the current phase (prepare)" in err
+    assert "SIGINT received: itopctl stops after the current phase (prepare)" in err
     record = project.run("history", "--json").json()[0]
     assert (record["result"], record["phase"]) == ("interrupted", "prepare")
     assert record["message"] == "interrupted after prepare; nothing was switched"
