@@ -127,6 +127,28 @@ def test_operations_on_a_missing_root_create_nothing(manager: ReleaseManager, ro
     assert not root.exists()
 
 
+def test_prune_drops_cached_artifacts_no_release_uses(
+    manager: ReleaseManager, sample: Callable[[str], dict[str, str]], root: Path, cache_dir: Path
+) -> None:
+    arts = {v: sample(v) for v in ("r1", "r2", "r3")}
+    for version in ("r1", "r2", "r3"):
+        manager.prepare(version, [arts[version]], cache_dir=str(cache_dir))
+        manager.activate(version)
+    manager.prepare("r1-again", [arts["r1"]], cache_dir=str(cache_dir))  # still needs r1's archive
+    result = manager.prune(keep=1, cache_dir=str(cache_dir))
+    assert result["removed"] == ["r1"]
+    assert result["removed_cache"] == []  # r1-again keeps r1's archive
+    manager.mark_failed("r1-again")
+    manager.activate("r2")
+    manager.activate("r3")
+    result = manager.prune(keep=1, cache_dir=str(cache_dir))
+    assert result["removed"] == ["r1-again"]
+    assert result["removed_cache"] == [arts["r1"]["sha256"]]
+    assert sorted(os.listdir(cache_dir)) == sorted(
+        name for v in ("r2", "r3") for name in (arts[v]["sha256"], f"{arts[v]['sha256']}.uris")
+    )
+
+
 def test_prune_rejects_negative_keep(manager: ReleaseManager) -> None:
     with pytest.raises(ReleaseError, match="keep"):
         manager.prune(keep=-1)

@@ -1348,22 +1348,32 @@ class ReleaseManager:
 
     # -- prune ------------------------------------------------------------------------------------------------------
 
-    def prune(self, keep: int = DEFAULT_KEEP) -> dict[str, Any]:
-        """Remove old releases: keep ``keep`` activated ones, current and previous; drop never-activated failures."""
+    def prune(self, keep: int = DEFAULT_KEEP, *, cache_dir: str | None = None) -> dict[str, Any]:
+        """Remove old releases: keep ``keep`` activated ones, current and previous; drop never-activated failures.
+
+        With ``cache_dir``, the cached artifacts of the removed releases go too, unless a release still journaled here
+        uses them: the cache then holds what this root may still need, not every artifact it ever fetched.
+        """
         if not isinstance(keep, int) or keep < 0:
             raise ReleaseError(f"keep must be a non-negative integer, got {keep!r}")
         with self._guarded(write=True) as state:
+            releases = state.journal["releases"]
             protected = {state.current, self._previous(state), self._rollback_target(state)}
-            removed = select_prunable(state.journal["releases"], keep, {rid for rid in protected if rid})
+            removed = select_prunable(releases, keep, {rid for rid in protected if rid})
             leftovers = self._leftovers()
+            stale = _unused_artifacts(releases, removed) if cache_dir else []
             changed = bool(removed or leftovers)
             if not self.check_mode:
                 for rid in removed:
                     _discard(self.release_path(rid), self.releases_dir)
                 for path in leftovers:
                     _rmtree(path)
+                for sha in stale:
+                    for name in (sha, f"{sha}.uris"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(str(cache_dir), name))
             for rid in removed:
-                del state.journal["releases"][rid]
+                del releases[rid]
             if removed:
                 self._event(state, "prune", removed=removed, keep=keep)
             self._save(state)
@@ -1373,7 +1383,12 @@ class ReleaseManager:
             else:
                 msg = "nothing to prune"
             return self._result(
-                state, changed, msg, removed=removed, removed_tmp=[os.path.basename(p) for p in leftovers]
+                state,
+                changed,
+                msg,
+                removed=removed,
+                removed_tmp=[os.path.basename(p) for p in leftovers],
+                removed_cache=stale,
             )
 
     def _leftovers(self) -> list[str]:
@@ -1540,6 +1555,21 @@ def select_prunable(releases: Mapping[str, Mapping[str, Any]], keep: int, protec
     activated.sort(reverse=True)
     removed.extend(rid for _seq, rid in activated[slots:])
     return sorted(removed)
+
+
+def _unused_artifacts(releases: Mapping[str, Mapping[str, Any]], removed: Sequence[str]) -> list[str]:
+    """sha256 of the artifacts of ``removed`` that no other release of the journal uses."""
+
+    def shas(rid: str) -> set[str]:
+        return {str(item.get("sha256")) for item in releases[rid].get("fingerprint", []) if item.get("sha256")}
+
+    gone: set[str] = set()
+    for rid in removed:
+        gone |= shas(rid)
+    for rid in releases:
+        if rid not in removed:
+            gone -= shas(rid)
+    return sorted(gone)
 
 
 def _validate_shared_paths(paths: Iterable[str]) -> list[str]:

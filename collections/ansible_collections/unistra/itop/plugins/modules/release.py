@@ -99,7 +99,10 @@ options:
     description: Group that owns the unpacked release and newly created shared paths. Default is unchanged.
     type: str
   cache_dir:
-    description: The per-host download cache, one file per sha256; an artifact is never downloaded twice.
+    description:
+      - The per-host download cache, one file per sha256; an artifact is never downloaded twice.
+      - O(operation=prune) removes from it the artifacts of the releases it removes, unless another release of
+        O(root) still uses them.
     type: path
     default: /var/cache/unistra-itop/artifacts
   s3_endpoint_url:
@@ -342,6 +345,12 @@ removed_tmp:
   type: list
   elements: str
   sample: [.tmp-2026.11.28-1-1a2b3c4d]
+removed_cache:
+  description: sha256 of the cached artifacts removed by prune along with their releases.
+  returned: when O(operation=prune)
+  type: list
+  elements: str
+  sample: [5f0c6f9c2b2a41d1c0b8fa2b1a0c3a4e9d1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f]
 artifacts:
   description:
     - The artifacts fetched by prepare, with C(downloaded) false when the cache already held them.
@@ -442,7 +451,7 @@ OPERATION_HANDLERS = {
     "prepare": prepare,
     "activate": lambda m, p: m.activate(p["release"], metadata=p["metadata"], force=p["force"]),
     "rollback": lambda m, p: m.rollback(p["release"], reason=p["reason"]),
-    "prune": lambda m, p: m.prune(p["keep"]),
+    "prune": lambda m, p: m.prune(p["keep"], cache_dir=p["cache_dir"]),
     "mark_failed": lambda m, p: m.mark_failed(p["release"], reason=p["reason"]),
     "lock": lambda m, p: m.lock(reason=p["reason"], lease=p["lease"], lock_id=p["lock_id"], force=p["force"]),
     "unlock": lambda m, p: m.unlock(lock_id=p["lock_id"], force=p["force"]),
