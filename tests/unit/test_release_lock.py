@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,6 +87,26 @@ def test_lock_in_check_mode_writes_nothing(root: Path, clock: SimpleNamespace) -
     assert result["changed"] is True
     assert result["lock"] is None  # the state on disk: nothing was locked
     assert not root.exists()
+
+
+def test_changes_with_a_lock_id_respect_another_live_lock(
+    root: Path, clock: SimpleNamespace, sample: Callable[[str], dict[str, str]], cache_dir: Path
+) -> None:
+    art = sample("r1")
+    _as(root, "alice", clock).lock(lease=60, lock_id="alice-1")
+    bob = ReleaseManager(str(root), owner_name="bob", clock=clock, lock_id="bob-1")
+    with pytest.raises(ReleaseError, match=r"locked by alice.*another deployment"):
+        bob.prepare("r1", [art], cache_dir=str(cache_dir))
+    assert not (root / "releases").exists()
+    alice = ReleaseManager(str(root), owner_name="alice", clock=clock, lock_id="alice-1")
+    alice.prepare("r1", [art], cache_dir=str(cache_dir))
+    with pytest.raises(ReleaseError, match="locked by alice"):
+        bob.activate("r1")
+    clock.now += 61  # expired: it protects nothing any more
+    assert bob.activate("r1")["current"] == "r1"
+    # without a lock_id the lock stays advisory (the orchestrator holds it around whole runs)
+    _as(root, "alice", clock).lock(lease=60, lock_id="alice-2")
+    assert _as(root, "carol", clock).rollback("r1")["changed"] is False
 
 
 def test_lease_must_be_positive(root: Path, clock: SimpleNamespace) -> None:

@@ -207,6 +207,31 @@ def test_shared_paths_are_validated(manager: ReleaseManager, sample: Sample, cac
         manager.prepare("r1", [sample("r1")], shared_paths=["conf", "conf/production"], cache_dir=str(cache_dir))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ownership needs root")
+def test_owner_and_group_apply_to_release_and_new_shared_paths(
+    manager: ReleaseManager, sample: Sample, root: Path, cache_dir: Path
+) -> None:
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    uid = pwd.getpwnam("nobody").pw_uid
+    gid = grp.getgrnam("nogroup").gr_gid
+    manager.prepare(
+        "r1", [sample("r1")], shared_paths=["data", "log"], owner="nobody", group="nogroup", cache_dir=str(cache_dir)
+    )
+    release = root / "releases/r1"
+    for path in (
+        release,
+        release / "VERSION",
+        release / "app/run.sh",
+        root / "shared/data/seed.txt",
+        root / "shared/log",
+    ):
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (uid, gid), path
+    assert (release / "data").lstat().st_uid == uid  # the link itself (lchown)
+
+
 def test_unknown_owner_is_a_clear_error(manager: ReleaseManager, sample: Sample, cache_dir: Path) -> None:
     with pytest.raises(ReleaseError, match="owner 'no-such-user-here' does not exist"):
         manager.prepare("r1", [sample("r1")], owner="no-such-user-here", cache_dir=str(cache_dir))

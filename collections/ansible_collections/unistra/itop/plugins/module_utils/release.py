@@ -901,12 +901,15 @@ class ReleaseManager:
         check_mode: bool = False,
         owner_name: str | None = None,
         clock: Callable[[], float] = time.time,
+        lock_id: str | None = None,
     ) -> None:
         if not isinstance(root, str) or not root or not os.path.isabs(root):
             raise ReleaseError(f"root must be an absolute path, got {root!r}")
         self.root = os.path.normpath(root)
         self.check_mode = check_mode
         self.owner_name = owner_name or default_owner_name()
+        # When the caller says which lock it holds, its changes are refused while another live lock is held.
+        self.lock_id = lock_id
         self.clock = clock
         self.releases_dir = os.path.join(self.root, RELEASES_DIR)
         self.shared_dir = os.path.join(self.root, SHARED_DIR)
@@ -921,7 +924,7 @@ class ReleaseManager:
         return os.path.join(self.releases_dir, release)
 
     @contextlib.contextmanager
-    def _guarded(self, write: bool, *, create: bool = False) -> Iterator[_State]:
+    def _guarded(self, write: bool, *, create: bool = False, honour_lock: bool = True) -> Iterator[_State]:
         """Hold the journal flock (exclusive to write, shared to read) and yield the loaded state.
 
         In check mode, and for reads, nothing is created: the lock file is only opened if it exists. Only ``create``
@@ -940,10 +943,24 @@ class ReleaseManager:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_SH)
         try:
-            yield self._load()
+            state = self._load()
+            if write and honour_lock:
+                self._refuse_if_locked_by_another(state)
+            yield state
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _refuse_if_locked_by_another(self, state: _State) -> None:
+        held = state.lock
+        if not self.lock_id or held is None or held.get("lock_id") == self.lock_id:
+            return
+        if float(held.get("expires_at_epoch", 0)) <= self.clock():
+            return  # an expired lock protects nothing
+        raise ReleaseError(
+            f"{self.root} is locked by {held.get('owner')} ({held.get('reason') or 'no reason given'}) until "
+            f"{held.get('expires_at')}, not with lock_id given: another deployment is running here; nothing was done"
+        )
 
     def _load(self) -> _State:
         state = _State(journal=load_journal(self.journal_path), current=self._read_current(), lock=self._read_lock())
@@ -1441,7 +1458,7 @@ class ReleaseManager:
         """Take the deployment lock; the same ``lock_id`` renews it; an expired one is taken over (journaled)."""
         if not isinstance(lease, int) or lease <= 0:
             raise ReleaseError(f"lease must be a positive number of seconds, got {lease!r}")
-        with self._guarded(write=True, create=True) as state:
+        with self._guarded(write=True, create=True, honour_lock=False) as state:
             now = self.clock()
             held = state.lock
             token = lock_id or secrets.token_hex(12)
@@ -1493,7 +1510,7 @@ class ReleaseManager:
 
         Someone else's lock is never released without ``force``, even expired.
         """
-        with self._guarded(write=True) as state:
+        with self._guarded(write=True, honour_lock=False) as state:
             held = state.lock
             if held is None:
                 return self._result(state, False, "not locked")

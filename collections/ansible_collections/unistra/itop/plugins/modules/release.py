@@ -149,6 +149,7 @@ options:
     description:
       - A caller-chosen token for the lock. Locking again with the same token renews the lease.
       - O(operation=unlock) releases the lock held with this token (or, without a token, the one held by O(owner_name)).
+      - Given to any other changing operation, that operation is refused while a live lock with another token is held.
     type: str
   force:
     description:
@@ -474,7 +475,9 @@ def main():
     if params["operation"] == "prepare" and wants_s3 and not boto3_available():
         module.fail_json(msg=missing_required_lib("boto3"))
     try:
-        manager = ReleaseManager(params["root"], check_mode=module.check_mode, owner_name=params["owner_name"])
+        manager = ReleaseManager(
+            params["root"], check_mode=module.check_mode, owner_name=params["owner_name"], lock_id=params["lock_id"]
+        )
         result = OPERATION_HANDLERS[params["operation"]](manager, params)
     except MissingLibraryError as exc:
         module.fail_json(msg=missing_required_lib(exc.library), root=module.params["root"])
