@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import tarfile
@@ -13,8 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from itopctl.cli import main
-from itopctl_support import Result, backdate
+from itopctl_support import Project, backdate
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "unistra-itop/debian12-systemd:latest"
@@ -76,19 +74,9 @@ stages:
         "ITOPCTL_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
         "ITOPCTL_PIPELINE": str(pipeline),
         "ITOPCTL_RUNS_DIR": str(tmp_path / "runs"),
-        "ITOPCTL_USER": "operator",
     }
 
-    def itopctl(*args: str) -> Result:
-        out, err = io.StringIO(), io.StringIO()
-        saved = dict(os.environ)
-        os.environ.update(env)
-        try:
-            code = main(list(args), out=out, err=err)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        return Result(code, out.getvalue(), err.getvalue())
+    itopctl = Project(root=tmp_path, state_url=env["ITOPCTL_STATE_URL"], env=env).run
 
     try:
         for stage, hosts in (("dev", "1"), ("test", "2")):

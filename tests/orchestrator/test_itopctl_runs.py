@@ -82,16 +82,22 @@ def test_second_promotion_while_one_runs_is_refused(project: Project) -> None:
     assert len(history) == 1 and history[0]["result"] == "succeeded"
 
 
-def test_ctrl_c_during_prepare_stops_before_the_switch(sqlite_project: Project) -> None:
-    project = sqlite_project
+def interrupt_during(project: Project, phase: str) -> str:
+    """Deploy r1 with a slow ``phase``, press Ctrl-C during it; return stderr after checking the exit code."""
     project.add("r1")
-    project.marker("slow-prepare", "3")
+    project.marker(f"slow-{phase}", "3")
     proc = spawn(project, "deploy", "r1")
-    wait_for_run(project, "prepare")
+    wait_for_run(project, phase)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
+    return err
+
+
+def test_ctrl_c_during_prepare_stops_before_the_switch(sqlite_project: Project) -> None:
+    project = sqlite_project
+    err = interrupt_during(project, "prepare")
     assert "SIGINT received: itopctl stops after the current phase (prepare)" in err
     record = project.run("history", "--json").json()[0]
     assert (record["result"], record["phase"]) == ("interrupted", "prepare")
@@ -103,14 +109,7 @@ def test_ctrl_c_during_prepare_stops_before_the_switch(sqlite_project: Project) 
 
 def test_ctrl_c_during_the_switch_finishes_the_switch(sqlite_project: Project) -> None:
     project = sqlite_project
-    project.add("r1")
-    project.marker("slow-switch", "3")
-    proc = spawn(project, "deploy", "r1")
-    wait_for_run(project, "switch")
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == ExitCode.INTERRUPTED, err
+    interrupt_during(project, "switch")
     record = project.run("history", "--json").json()[0]
     assert (record["result"], record["phase"], record["verified"]) == ("interrupted", "switch", False)
     assert "NOT verified" in record["message"]
