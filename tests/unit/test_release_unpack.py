@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,6 +133,20 @@ def test_zip_unpacks_files_dirs_and_inner_symlinks(build: SimpleNamespace, tmp_p
     unpack_archive(str(path), str(tmp_path / "out"))
     assert (tmp_path / "out/web/index.php").read_bytes() == b"<?php"
     assert os.readlink(tmp_path / "out/web/alias.php") == "index.php"
+
+
+def test_zip_without_unix_modes_gets_usual_modes(tmp_path: Path) -> None:
+    """A zip made on Windows carries no Unix mode: directories 0755, files 0644, readable by the web server."""
+    path = tmp_path / "win.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in (("web/", b""), ("web/index.php", b"<?php")):
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.create_system = 0  # MS-DOS
+            info.external_attr = 0x10 if name.endswith("/") else 0x20  # DOS directory / archive bits only
+            archive.writestr(info, data)
+    unpack_archive(str(path), str(tmp_path / "out"))
+    assert stat.S_IMODE((tmp_path / "out/web").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out/web/index.php").stat().st_mode) == 0o644
 
 
 def test_subdir_becomes_the_target_and_the_rest_is_ignored(build: SimpleNamespace, tmp_path: Path) -> None:

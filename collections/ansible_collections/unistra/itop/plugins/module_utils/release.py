@@ -588,7 +588,7 @@ def _zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, mapper: _SubdirM
     name = _archive_name(info.filename, label)
     mode = info.external_attr >> 16
     fmt = stat.S_IFMT(mode)
-    if info.is_dir():
+    if info.is_dir() or fmt == stat.S_IFDIR:
         kind = KIND_DIR
     elif fmt == stat.S_IFLNK:
         kind = KIND_SYMLINK
@@ -697,7 +697,8 @@ def unpack_archive(archive_path: str, target: str, *, subdir: str = "", label: s
         # Directory modes last: an archive's read-only directory must not block writing its content.
         for entry in reversed(dirs):
             path = os.path.join(target, entry.name)
-            os.chmod(path, (entry.mode & 0o755) | 0o700)
+            # Archives made without Unix modes (zip from Windows) say 0: give directories the usual 0755.
+            os.chmod(path, ((entry.mode or 0o755) & 0o755) | 0o700)
             os.utime(path, (entry.mtime, entry.mtime))
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise ReleaseError(f"cannot unpack {label}: {exc}") from None
