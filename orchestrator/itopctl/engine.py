@@ -212,6 +212,30 @@ class Orchestrator:
             **more,
         }
 
+    @contextmanager
+    def _closed_on_error(self, deployment_id: int) -> Iterator[None]:
+        """A deployment that an unexpected error interrupts is recorded as failed, never left "running"."""
+        try:
+            yield
+        except BaseException as exc:
+            record = self.store.deployment(deployment_id)
+            if record.result == "running":
+                state = self.store.stage_state(record.stage)
+                # hosts were switched: what the stage runs is not known for sure any more; say so in status
+                touched = (
+                    (state.current_release if state else None, state.previous_release if state else None,
+                     f"unknown: itopctl stopped by an error during {record.phase}")
+                    if record.switched_hosts else None
+                )  # fmt: skip
+                self.store.finish_deployment(
+                    deployment_id,
+                    result="failed",
+                    now=self.clock(),
+                    stage_state=touched,
+                    message=f"itopctl stopped by an error during {record.phase}: {exc}",
+                )
+            raise
+
     # -- promote ---------------------------------------------------------------------------------------
     def promote(self, release_id: str, stage_name: str, *, check_only: bool = False) -> Outcome:
         stage = self.pipeline.stage(stage_name)
@@ -246,7 +270,7 @@ class Orchestrator:
             )
             self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
             promotion = _Promotion(self, runner, release, stage, current, deployment_id, handle)
-            with promotion.interrupt.installed():
+            with promotion.interrupt.installed(), self._closed_on_error(deployment_id):
                 outcome = promotion.run()
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, checks)
         finally:
@@ -314,7 +338,8 @@ class Orchestrator:
             self.store.update_deployment(deployment_id, phase="rollback")
             interrupt = PhaseInterrupt(self.display)
             interrupt.phase = "rollback"
-            with interrupt.installed():  # a rollback is one phase: Ctrl-C waits for its end
+            # a rollback is one phase: Ctrl-C waits for its end
+            with interrupt.installed(), self._closed_on_error(deployment_id):
                 result = runner.run(
                     phase="rollback",
                     playbook=stage.playbooks["rollback"],
@@ -384,10 +409,11 @@ class _Promotion:
         self.idents: list[str] = []
         self.extravars = orchestrator._extravars(release, stage, deployment_id)
 
-    def phase(self, name: str) -> None:
-        """Enter a phase: recorded, and the lock's lease renewed."""
+    def phase(self, name: str, *, record: bool = True) -> None:
+        """Enter a phase: recorded (unless it is the undo of the phase that failed), the lock's lease renewed."""
         self.interrupt.phase = name
-        self.store.update_deployment(self.deployment_id, phase=name)
+        if record:
+            self.store.update_deployment(self.deployment_id, phase=name)
         self.store.attach_lock(self.handle, self.deployment_id, self.o.lock_lease, self.o.clock())
 
     def play(self, phase: str, limit: list[str] | None, **more: Any) -> RunResult:
@@ -412,7 +438,7 @@ class _Promotion:
         return Outcome(result, message, code, record)
 
     def rollback_switched(self, hosts: list[str]) -> RunResult:
-        self.phase("rollback")
+        self.phase("rollback", record=False)  # the record keeps the phase that failed
         assert self.current is not None
         return self.play("rollback", hosts, rollback_to=self.current, restore_db=False)
 

@@ -45,6 +45,15 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///abs/state.db`` -> ``/abs/state.db``; ``sqlite:rel.db`` -> ``rel.db``; a plain path as is."""
+    if url.startswith("sqlite:///"):
+        return Path("/" + url.removeprefix("sqlite:///").lstrip("/"))
+    if url.startswith("sqlite:"):
+        return Path(url.removeprefix("sqlite:").removeprefix("//"))
+    return Path(url)
+
+
 def redact_url(url: str) -> str:
     """A database URL fit for display: the password replaced by ``***``."""
     parts = urlsplit(url)
@@ -197,13 +206,7 @@ class Store:
                 ) from None
             store = cls(conn, "postgresql", redact_url(url))
         else:
-            path = (
-                Path(url.removeprefix("sqlite://").removeprefix("sqlite:"))
-                if "://" in url or url.startswith("sqlite:")
-                else Path(url)
-            )
-            if url.startswith("sqlite:///"):
-                path = Path("/" + url.removeprefix("sqlite:///"))
+            path = sqlite_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
             conn.execute("PRAGMA foreign_keys = ON")

@@ -1,10 +1,14 @@
-"""undo_switch: the failure path rolls back exactly the switched hosts, then re-raises."""
+"""undo_switch and the failure paths: switched hosts are rolled back, errors recorded, then re-raised."""
 
 from __future__ import annotations
 
 import pytest
-from itopctl.engine import PhaseFailed, batches, undo_switch
-from itopctl.runner import HostStats, RunResult
+from itopctl.engine import Orchestrator, PhaseFailed, batches, undo_switch
+from itopctl.errors import ExitCode, ItopctlError
+from itopctl.pipeline import load_pipeline
+from itopctl.runner import HostStats, NullDisplay, RunResult
+from itopctl.store import Store
+from itopctl_support import Project, seed_deployed
 
 
 def _run(ok: bool) -> RunResult:
@@ -48,3 +52,37 @@ def test_nothing_to_undo() -> None:
 
 def test_batches_keep_natural_host_order() -> None:
     assert batches(["web-10", "web-2", "web-1"], 2) == [["web-1", "web-2"], ["web-10"]]
+
+
+class ExplodingRunner:
+    """A runner whose ``phase`` run raises, as a crashed ansible-runner would; the others succeed."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.calls: list[tuple[str, list[str] | None]] = []
+
+    def run(self, *, phase: str, limit: list[str] | None = None, **_: object) -> RunResult:
+        self.calls.append((phase, limit))
+        if phase == self.phase:
+            raise ItopctlError("ansible-runner failed: boom", ExitCode.FAILED)
+        hosts = limit or ["dev-1"]
+        return RunResult(f"id-{phase}", phase, "successful", 0, 0.1, "/tmp", {h: HostStats(ok=1) for h in hosts})
+
+
+def test_an_error_mid_switch_rolls_back_and_is_recorded(sqlite_project: Project) -> None:
+    seed_deployed(sqlite_project, "dev", "r1")
+    sqlite_project.add("r2")
+    runner = ExplodingRunner("verify")
+    with Store.open(sqlite_project.state_url) as store:
+        pipeline = load_pipeline(sqlite_project.root / "pipeline.yml")
+        orchestrator = Orchestrator(pipeline, store, runner=runner, user="alice", display=NullDisplay())  # type: ignore[arg-type]
+        with pytest.raises(ItopctlError, match="boom"):
+            orchestrator.promote("r2", "dev")
+        record = store.deployments(stage="dev", limit=1)[0]
+        assert (record.result, record.phase) == ("failed", "verify")
+        assert record.message == "itopctl stopped by an error during verify: ansible-runner failed: boom"
+        assert record.switched_hosts == ["dev-1"] and store.locks() == {}
+        state = store.stage_state("dev")
+        assert state is not None and state.health == "unknown: itopctl stopped by an error during verify"
+    # the switched host was rolled back by undo_switch before the error went up
+    assert runner.calls[-1] == ("rollback", ["dev-1"])
