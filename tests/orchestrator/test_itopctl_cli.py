@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -279,3 +282,17 @@ def test_config_layers_know_their_source(project: Project, tmp_path: Path) -> No
     bad = tmp_path / "bad.toml"
     bad.write_text("colour = 'blue'\n")
     assert project.run("--config", str(bad), "status").code == ExitCode.BAD_INPUT
+
+
+def test_console_script_exit_codes(project: Project) -> None:
+    """The installed ``itopctl`` entry point: message on stderr, distinct exit codes."""
+    env = {**os.environ, **project.env}
+    itopctl = str(Path(sys.executable).parent / "itopctl")
+    unknown = subprocess.run(
+        [itopctl, "promote", "r1", "--to", "qa"], env=env, capture_output=True, text=True, check=False
+    )
+    assert unknown.returncode == ExitCode.BAD_INPUT and unknown.stderr.startswith("itopctl: unknown stage 'qa'")
+    version = subprocess.run([itopctl, "--version"], env=env, capture_output=True, text=True, check=False)
+    assert version.returncode == 0 and version.stdout.startswith("itopctl ")
+    helped = subprocess.run([itopctl, "--help"], env=env, capture_output=True, text=True, check=False)
+    assert helped.returncode == 0 and "3 refused (gate/lock/policy)" in helped.stdout

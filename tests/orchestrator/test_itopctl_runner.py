@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from itopctl.errors import ItopctlError
-from itopctl.runner import ConsoleDisplay, PlaybookRunner
+from itopctl.runner import ConsoleDisplay, PlaybookRunner, Progress
 
 PLAYBOOK = """\
 - hosts: all
@@ -132,3 +132,18 @@ def test_missing_playbook_or_inventory_is_bad_input(tmp_path: Path, setup: tuple
         runner.run(phase="prepare", playbook=tmp_path / "nope.yml", inventory=inventory)
     with pytest.raises(ItopctlError, match="inventory not found"):
         runner.run(phase="prepare", playbook=playbook, inventory=tmp_path / "nope.ini")
+
+
+def test_live_progress_line() -> None:
+    stream = io.StringIO()
+    display = ConsoleDisplay(stream, live=True)
+    progress = Progress(phase="switch", ident="x")
+    for event in (
+        {"event": "playbook_on_task_start", "event_data": {"task": "Activate the release"}},
+        {"event": "runner_on_ok", "event_data": {"host": "web-1", "res": {"changed": True}}},
+        {"event": "runner_on_failed", "event_data": {"host": "web-2", "task": "Activate", "res": {"msg": "no"}}},
+    ):
+        progress.apply(event)
+    display.progress(progress)
+    assert stream.getvalue() == ("\r\x1b[K[switch] hosts 2 | ok 1 changed 1 failed 1 | Activate the release")
+    assert progress.failed_tasks == ["web-2: Activate: no"]
