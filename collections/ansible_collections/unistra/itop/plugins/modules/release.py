@@ -26,8 +26,8 @@ description:
 author:
   - Université de Strasbourg, DNUM (@unistra)
 requirements:
-  - Python 3.11 or later on the target.
-  - boto3, only for C(s3://) artifacts.
+  - Python 3.11 or later on the target
+  - boto3, only for C(s3://) artifacts
 attributes:
   check_mode:
     support: full
