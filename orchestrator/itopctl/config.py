@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +134,8 @@ def load_settings(
             raise bad_input(f"{source}: invalid value for {opt.name}: {raw!r} ({exc})") from None
 
     if path is not None:
+        import tomllib  # noqa: PLC0415 - most runs have no config file
+
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ class Manifest:
 
     @property
     def digest(self) -> str:
+        import hashlib  # noqa: PLC0415 - only `release add` needs it; read commands start faster
+
         return hashlib.sha256(self.canonical.encode()).hexdigest()
 
     @property
