@@ -25,6 +25,12 @@ Example (every key but ``stages[].name`` is optional; ``defaults`` is inherited 
         sentry: {url: "https://sentry.example.org/", org: unistra, project: itop, token_env: SENTRY_AUTH_TOKEN}
 
 Without ``stages`` the pipeline is dev, test, pprd, prod. Validation reports every error with its place.
+
+Every playbook run gets these extra vars (docs/design.md, "Site playbooks"): ``release_id``, ``release_manifest``,
+``deploy_stage``, ``deploy_owner``, ``deploy_phase`` (prepare | switch | verify | rollback), ``deploy_batch_size``,
+``deploy_verify_checks`` (the stage's ``verify.checks``), ``itopctl_deployment_id``, the stage's ``extra_vars``;
+a switch run also gets ``deploy_batch`` (1, 2, ...; itopctl limits each run to one batch of hosts), a rollback
+``rollback_to`` and ``restore_db``. One playbook can serve every phase by looking at ``deploy_phase``.
 """
 
 from __future__ import annotations
