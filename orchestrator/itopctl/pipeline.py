@@ -85,10 +85,17 @@ class FreezeWindow:
             return self.start <= moment < self.end
         zone: tzinfo = ZoneInfo(self.timezone)
         local = moment.astimezone(zone)
-        if local.weekday() not in self.weekdays:
-            return False
+        clock = local.time().replace(tzinfo=None)
         assert self.from_time is not None and self.to_time is not None
-        return self.from_time <= local.time().replace(tzinfo=None) <= self.to_time
+        # "to: 23:59" means up to the end of that minute
+        end = self.to_time.replace(second=59, microsecond=999999) if self.to_time.second == 0 else self.to_time
+        if self.from_time <= end:
+            return local.weekday() in self.weekdays and self.from_time <= clock <= end
+        # a window across midnight (from 22:00 to 06:00) belongs to the weekday it starts on
+        yesterday = (local.weekday() - 1) % 7
+        return (local.weekday() in self.weekdays and clock >= self.from_time) or (
+            yesterday in self.weekdays and clock <= end
+        )
 
     def describe(self) -> str:
         if self.start is not None and self.end is not None:

@@ -62,6 +62,17 @@ def test_full_pipeline(tmp_path: Path) -> None:
     assert winter.contains(datetime(2026, 12, 25, tzinfo=UTC)) and not winter.contains(datetime(2027, 2, 1, tzinfo=UTC))
     assert friday.contains(datetime(2026, 11, 27, 16, 30, tzinfo=UTC))  # 17:30 in Paris, a Friday
     assert not friday.contains(datetime(2026, 11, 27, 12, 0, tzinfo=UTC))
+    assert friday.contains(datetime(2026, 11, 27, 22, 59, 30, tzinfo=UTC))  # 23:59:30 in Paris: still frozen
+
+
+def test_freeze_window_across_midnight(tmp_path: Path) -> None:
+    text = FULL.replace('{weekdays: [fri], from: "16:00", to: "23:59", timezone: Europe/Paris}',
+                        '{weekdays: [sat], from: "22:00", to: "06:00"}')  # fmt: skip
+    window = load_pipeline(write(tmp_path, text)).stages[1].gates.freeze[1]
+    assert window.contains(datetime(2026, 11, 28, 23, 0, tzinfo=UTC))  # Saturday night
+    assert window.contains(datetime(2026, 11, 29, 5, 0, tzinfo=UTC))  # Sunday early morning
+    assert not window.contains(datetime(2026, 11, 29, 23, 0, tzinfo=UTC))  # Sunday night
+    assert not window.contains(datetime(2026, 11, 28, 5, 0, tzinfo=UTC))  # Saturday early morning
 
 
 def test_default_stages(tmp_path: Path) -> None:
