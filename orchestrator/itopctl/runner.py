@@ -255,6 +255,7 @@ class PlaybookRunner:
         ident = f"{stamp}-{phase}-{uuid.uuid4().hex[:8]}"
         private = self.runs_dir / ident
         private.mkdir(parents=True, mode=0o700)
+        self._events = queue.Queue()  # fresh for each run: nothing left over from a run that failed
         runner = self._runner(
             ident, private, playbook, inventory, dict(extravars or {}), limit, project_dir or playbook.parent
         )
