@@ -65,7 +65,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("user", "ITOPCTL_USER", str, "who you are in the records (promoter, approver, lock owner)"),
     Option("lock_lease", "ITOPCTL_LOCK_LEASE", _positive_int, "lease of a deployment's stage lock, seconds"),
     Option("env_passthrough", "ITOPCTL_ENV_PASSTHROUGH", _str_list, "variables passed to ansible besides ANSIBLE_*"),
-    Option("secret_env", "ITOPCTL_SECRET_ENV", _str_list, "secret variables passed to ansible, scrubbed from runs"),
+    Option("secret_env", "ITOPCTL_SECRET_ENV", _str_list, "secrets: playbooks get them as extra vars (NAME -> name)"),
 )
 
 

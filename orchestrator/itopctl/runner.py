@@ -1,12 +1,16 @@
 """One class around ansible-runner: a private data dir and ident per run, live progress, a JSON-lines log.
 
-What it guarantees (tests/orchestrator/test_runner.py checks each):
+What it guarantees (tests/orchestrator/test_itopctl_runner.py checks each):
 
 - every run gets ``<runs_dir>/<ident>/`` (kept for audit; only the newest ``keep`` are kept);
 - ``suppress_env_files=True``: ansible-runner writes no ``env/`` files, and the child gets only ``ANSIBLE_*``
-  variables, the named pass-through ones and the named secrets (read from our own environment), nothing else;
-- secret values never stay in the run directory: they are redacted from ansible-runner's ``command`` file as soon
-  as it is written, and every file is scrubbed after the run;
+  variables and the named pass-through ones (read from our own environment), nothing else;
+- secrets never reach the run directory, not even for a moment: the named secrets (``secret_env``) are not put in
+  the child's environment (ansible-runner writes that into ``artifacts/<ident>/command``) but given to
+  ansible-playbook as extra vars (``DB_PASSWORD`` -> ``db_password``, tagged ``!unsafe`` so they are never
+  templated) from a 0600 file in a fresh 0700 directory on a tmpfs (``/dev/shm``, else ``$XDG_RUNTIME_DIR``, else
+  the temp dir), outside the run directory, passed as ``--extra-vars @file`` and deleted as soon as the run ends,
+  whatever the outcome; playbooks keep them out of their output with ``no_log``;
 - events go through a queue to a progress display (hosts, current task, changed/failed counts) and to
   ``<runs_dir>/<ident>/events.jsonl``;
 - a run is never cancelled half-way: Ctrl-C is handled by :class:`PhaseInterrupt` between runs.
@@ -15,11 +19,14 @@ What it guarantees (tests/orchestrator/test_runner.py checks each):
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import queue
+import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -37,7 +44,8 @@ from .errors import ExitCode, ItopctlError
 _RUNNER_KEYS = frozenset(
     {"AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS", "RUNNER_ONLY_FAILED_EVENTS", "ORIGINAL_STDOUT_CALLBACK"}
 )
-REDACTED = "********"
+# Where the secrets file goes, best first: memory only, then the user's private runtime dir (the temp dir last).
+_TMPFS = "/dev/shm"  # noqa: S108 - a fresh 0700 directory is made in it, the file in that one is 0600
 
 
 @dataclass(frozen=True)
@@ -212,25 +220,28 @@ class PlaybookRunner:
         environment: Mapping[str, str] | None = None,
         display: Display | None = None,
         environ: Mapping[str, str] | None = None,
+        secrets_base: Path | None = None,
     ) -> None:
         self.runs_dir = Path(runs_dir)
         self.keep = keep
         self.passthrough = tuple(passthrough)
         self.secret_names = tuple(secret_names)
+        self.secret_vars = _secret_var_names(self.secret_names)
+        self.secrets_base = secrets_base
         self.environment = dict(environment or {})
         self.display: Display = display or NullDisplay()
         self.environ = dict(os.environ if environ is None else environ)
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
-    # -- environment ----------------------------------------------------------------------------------
-    def _secrets(self) -> dict[str, str]:
-        return {name: self.environ[name] for name in self.secret_names if self.environ.get(name)}
+    # -- environment and secrets ----------------------------------------------------------------------
+    def secret_values(self) -> dict[str, str]:
+        """The named secrets set in our environment, by variable name (``DB_PASSWORD`` -> ``db_password``)."""
+        return {var: self.environ[name] for name, var in self.secret_vars.items() if self.environ.get(name)}
 
     def child_environment(self) -> dict[str, str]:
-        """ANSIBLE_*, the pass-through names, the pipeline's environment and the named secrets; nothing else."""
+        """ANSIBLE_*, the pass-through names and the pipeline's environment (:meth:`_runner` drops the secrets)."""
         env = {k: v for k, v in self.environ.items() if k.startswith("ANSIBLE_") or k in self.passthrough}
         env.update(self.environment)
-        env.update(self._secrets())
         # ansible-playbook next to this Python first, so a venv works without being activated
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p)])
@@ -251,18 +262,23 @@ class PlaybookRunner:
             raise ItopctlError(f"playbook not found: {playbook}", ExitCode.BAD_INPUT)
         if not inventory.exists():
             raise ItopctlError(f"inventory not found: {inventory}", ExitCode.BAD_INPUT)
+        extravars = dict(extravars or {})
+        secrets = self.secret_values()
+        if clash := sorted(secrets.keys() & extravars.keys()):
+            raise ItopctlError(f"secret variables would clash with extra vars: {', '.join(clash)}", ExitCode.BAD_INPUT)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         ident = f"{stamp}-{phase}-{uuid.uuid4().hex[:8]}"
         private = self.runs_dir / ident
-        private.mkdir(parents=True, mode=0o700)
         self._events = queue.Queue()  # fresh for each run: nothing left over from a run that failed
-        runner = self._runner(
-            ident, private, playbook, inventory, dict(extravars or {}), limit, project_dir or playbook.parent
-        )
         progress = Progress(phase=phase, ident=ident)
-        self.display.phase_started(phase, ident, limit)
-        started = time.monotonic()
-        stats = self._drive(runner, private / "events.jsonl", progress)
+        with self._secrets_file(secrets) as secrets_file:
+            private.mkdir(parents=True, mode=0o700)
+            runner = self._runner(
+                ident, private, playbook, inventory, extravars, limit, project_dir or playbook.parent, secrets_file
+            )
+            self.display.phase_started(phase, ident, limit)
+            started = time.monotonic()
+            stats = self._drive(runner, private / "events.jsonl", progress)
         result = RunResult(
             ident=ident,
             phase=phase,
@@ -272,11 +288,28 @@ class PlaybookRunner:
             private_data_dir=str(private),
             hosts=stats,
         )
-        if self._secrets():
-            scrub_tree(private, self._secrets())
         self.display.phase_finished(result, progress)
         self.rotate()
         return result
+
+    @contextmanager
+    def _secrets_file(self, secrets: Mapping[str, str]) -> Iterator[Path | None]:
+        """The secrets as an extra-vars file outside the run directory, removed on the way out, come what may."""
+        if not secrets:
+            yield None
+            return
+        base = Path(self.secrets_base or _secrets_base(self.environ) or tempfile.gettempdir())
+        if base.resolve().is_relative_to(self.runs_dir.resolve()):
+            raise ItopctlError(f"secrets must stay out of the runs directory: {base}", ExitCode.BAD_INPUT)
+        directory = Path(tempfile.mkdtemp(prefix="itopctl-secrets-", dir=base))  # mode 0700
+        try:
+            path = directory / "secrets.yml"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(_unsafe_yaml(secrets))
+            yield path
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _runner(  # noqa: PLR0917 - private helper of run()
         self,
@@ -287,8 +320,9 @@ class PlaybookRunner:
         extravars: dict[str, Any],
         limit: Sequence[str] | None,
         project_dir: Path,
+        secrets_file: Path | None,
     ) -> Any:
-        """An ansible-runner ``Runner`` whose child sees only the environment we chose."""
+        """An ansible-runner ``Runner`` whose child sees only the environment we chose (and no secret in it)."""
         from ansible_runner.config.runner import RunnerConfig  # type: ignore[import-untyped]  # noqa: PLC0415
         from ansible_runner.runner import Runner  # type: ignore[import-untyped]  # noqa: PLC0415
 
@@ -304,22 +338,23 @@ class PlaybookRunner:
             suppress_env_files=True,
             quiet=True,
             project_dir=str(project_dir.resolve()),
+            # only the file's path reaches artifacts/<ident>/command, never its content
+            cmdline=shlex.join(["--extra-vars", f"@{secrets_file}"]) if secrets_file else None,
         )
         config.prepare()
-        # ansible-runner seeds the child's environment with all of ours: keep only what we decided to pass.
-        config.env = {k: v for k, v in config.env.items() if k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS}
-        secrets = self._secrets()
+        # ansible-runner seeds the child's environment with all of ours: keep only what we decided to pass, and
+        # never a secret (even one named as pass-through or ANSIBLE_*): ansible-runner writes this env to a file.
+        config.env = {
+            k: v
+            for k, v in config.env.items()
+            if (k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS) and k not in self.secret_names
+        }
 
         def on_event(event: dict[str, Any]) -> bool:
             self._events.put(event)
             return True  # keep it in artifacts/<ident>/job_events for the audit
 
-        def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
-            # ansible-runner has just written artifacts/<ident>/command with the child's environment
-            if data.get("status") == "running" and secrets:
-                _scrub_file(private / "artifacts" / ident / "command", secrets)
-
-        return Runner(config, event_handler=on_event, status_handler=on_status, cancel_callback=lambda: False)
+        return Runner(config, event_handler=on_event, cancel_callback=lambda: False)
 
     def _drive(self, runner: Any, log_path: Path, progress: Progress) -> dict[str, HostStats]:
         """Run in a worker thread; here, feed the display and the JSON-lines log from the event queue."""
@@ -377,25 +412,35 @@ def _host_stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
     }
 
 
-def _scrub_file(path: Path, secrets: Mapping[str, str]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
-    cleaned = text
-    for value in secrets.values():
-        if value:
-            cleaned = cleaned.replace(value, REDACTED)
-            cleaned = cleaned.replace(json.dumps(value)[1:-1], REDACTED)
-    if cleaned != text:
-        path.write_text(cleaned, encoding="utf-8")
+def _secret_var_names(names: Sequence[str]) -> dict[str, str]:
+    """Secret environment variable -> extra var: the name in lower case, which must be a usable, unique variable."""
+    variables: dict[str, str] = {}
+    for name in dict.fromkeys(names):  # a name given twice is one secret
+        var = name.lower()
+        if not var.isidentifier() or keyword.iskeyword(var) or not var.isascii():
+            raise ItopctlError(f"secret_env: {name!r} does not make a variable name", ExitCode.BAD_INPUT)
+        if var in variables.values():
+            raise ItopctlError(f"secret_env: {name!r} gives the variable {var!r} twice", ExitCode.BAD_INPUT)
+        variables[name] = var
+    return variables
 
 
-def scrub_tree(root: Path, secrets: Mapping[str, str]) -> None:
-    """Replace every secret value in every file under ``root`` (defence in depth after a run)."""
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            _scrub_file(path, secrets)
+def _secrets_base(environ: Mapping[str, str]) -> str | None:
+    """A tmpfs when there is one (the secret never reaches a disk), else the user's runtime dir (None: neither)."""
+    for candidate in (_TMPFS, environ.get("XDG_RUNTIME_DIR", "")):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
+
+
+def _unsafe_yaml(values: Mapping[str, str]) -> str:
+    """``name: !unsafe "value"`` lines; every character but printable ASCII is escaped, so any value round-trips,
+    and ``!unsafe`` keeps Ansible from templating it (a password may well hold ``{{``)."""
+
+    def quoted(value: str) -> str:
+        return "".join(c if " " <= c <= "~" and c not in '"\\' else f"\\U{ord(c):08x}" for c in value)
+
+    return "".join(f'{var}: !unsafe "{quoted(value)}"\n' for var, value in sorted(values.items()))
 
 
 class PhaseInterrupt:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from itopctl.errors import ItopctlError
+from itopctl.errors import ExitCode, ItopctlError
 from itopctl.runner import ConsoleDisplay, PlaybookRunner, Progress
 
 PLAYBOOK = """\
@@ -23,14 +26,29 @@ PLAYBOOK = """\
         content: >-
           {{ {'passed': lookup('env', 'ITOPCTL_TEST_PASSED'), 'ansible': lookup('env', 'ANSIBLE_ITOPCTL_TEST'),
               'leaked': lookup('env', 'ITOPCTL_TEST_NOT_PASSED'),
-              'secret_length': lookup('env', 'ITOPCTL_TEST_SECRET') | length} | to_json }}
+              'secret_in_env': lookup('env', 'ITOPCTL_TEST_SECRET')} | to_json }}
+    - name: Use the secret (what reaches the playbook, as a digest outside the run directory)
+      ansible.builtin.copy:
+        dest: "{{ out_dir }}/{{ inventory_hostname }}.secret.json"
+        mode: "0600"
+        content: >-
+          {{ {'sha256': itopctl_test_secret | default('') | hash('sha256'),
+              'length': itopctl_test_secret | default('') | length} | to_json }}
+      no_log: true
+    - name: Fail with the secret in the message
+      ansible.builtin.fail:
+        msg: "the secret is {{ itopctl_test_secret }}"
+      when: fail_with_secret | default(false)
+      no_log: true
     - name: Fail on the host that is told to
       ansible.builtin.fail:
         msg: "failing on purpose"
       when: inventory_hostname in (fail_on | default([]))
 """
 pytestmark = pytest.mark.slow
-SECRET = "hunter2-very-secret-value"
+# a marker no other text holds, a would-be template (secrets are never templated), quotes, a backslash, non-ASCII
+MARKER = "hunter2-q7Zx"
+SECRET = MARKER + "-{{ 6 * 7 }}-\"quoted\" \\ 'single' é✓"
 
 
 @pytest.fixture
@@ -57,24 +75,53 @@ def _environ() -> dict[str, str]:
     }
 
 
-def test_private_dir_env_filtering_secrets_and_events(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+def _secret_runner(tmp_path: Path, **kwargs: Any) -> PlaybookRunner:
+    """A runner with one secret; the secret listed as pass-through too (it must still stay out of the env)."""
+    shm = tmp_path / "shm"
+    shm.mkdir(exist_ok=True)
+    options: dict[str, Any] = {
+        "passthrough": ("PATH", "HOME", "ITOPCTL_TEST_PASSED", "ITOPCTL_TEST_SECRET"),
+        "secret_names": ("ITOPCTL_TEST_SECRET",),
+        "environ": _environ(),
+        "secrets_base": shm,
+        **kwargs,
+    }
+    return PlaybookRunner(tmp_path / "runs", **options)
+
+
+def _assert_no_secret_under(root: Path) -> int:
+    """No file under ``root`` holds the secret, raw or escaped; returns how many files were read."""
+    forms = {
+        SECRET.encode(),
+        json.dumps(SECRET)[1:-1].encode(),
+        json.dumps(SECRET, ensure_ascii=False)[1:-1].encode(),
+        MARKER.encode(),
+    }
+    files = [path for path in root.rglob("*") if path.is_file()]
+    for path in files:
+        data = path.read_bytes()
+        for form in forms:
+            assert form not in data, path
+    return len(files)
+
+
+def _secrets_file_of(artifacts: Path) -> Path:
+    command = json.loads((artifacts / "command").read_text())["command"]
+    return Path(command[command.index("--extra-vars") + 1].removeprefix("@"))
+
+
+def test_private_dir_env_filtering_and_events(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
     playbook, inventory, out = setup
     stream = io.StringIO()
-    runner = PlaybookRunner(
-        tmp_path / "runs",
-        passthrough=("PATH", "HOME", "ITOPCTL_TEST_PASSED"),
-        secret_names=("ITOPCTL_TEST_SECRET",),
-        display=ConsoleDisplay(stream, live=False),
-        environ=_environ(),
-    )
+    runner = _secret_runner(tmp_path, display=ConsoleDisplay(stream, live=False))
     result = runner.run(
         phase="prepare", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out), "release_id": "r1"}
     )
     assert result.ok and result.rc == 0 and result.status == "successful"
-    assert sorted(result.hosts) == ["h1", "h2"] and result.hosts["h1"].changed == 1
+    assert sorted(result.hosts) == ["h1", "h2"] and result.hosts["h1"].changed == 2
 
     seen = json.loads((out / "h1.json").read_text())
-    assert seen == {"passed": "yes", "ansible": "ansible-var", "leaked": "", "secret_length": len(SECRET)}
+    assert seen == {"passed": "yes", "ansible": "ansible-var", "leaked": "", "secret_in_env": ""}
 
     private = Path(result.private_data_dir)
     assert private.parent == tmp_path / "runs" and private.name == result.ident
@@ -83,11 +130,9 @@ def test_private_dir_env_filtering_secrets_and_events(tmp_path: Path, setup: tup
     assert (artifacts / "job_events").is_dir() and (artifacts / "stdout").is_file()
     assert not (private / "env").exists()  # suppress_env_files: no envvars/extravars files
     command = json.loads((artifacts / "command").read_text())
-    assert "ITOPCTL_TEST_NOT_PASSED" not in command["env"]
-    assert command["env"]["ITOPCTL_TEST_SECRET"] == "********"
+    assert "ITOPCTL_TEST_NOT_PASSED" not in command["env"] and "ITOPCTL_TEST_SECRET" not in command["env"]
     for path in private.rglob("*"):
         if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
             assert b"must-not-leak" not in path.read_bytes(), path
 
     events = [json.loads(line) for line in (private / "events.jsonl").read_text().splitlines()]
@@ -97,6 +142,151 @@ def test_private_dir_env_filtering_secrets_and_events(tmp_path: Path, setup: tup
     assert all(e["ident"] == result.ident and e["phase"] == "prepare" for e in events)
     shown = stream.getvalue()
     assert f"==> prepare on all hosts (run {result.ident})" in shown and "<== prepare: ok" in shown
+
+
+def test_secret_reaches_the_playbook_as_an_extra_var_and_never_the_run_dir(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    playbook, inventory, out = setup
+    result = _secret_runner(tmp_path).run(
+        phase="prepare", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)}
+    )
+    assert result.ok
+    for host in ("h1", "h2"):  # exactly the secret's bytes, not templated ({{ 6 * 7 }} stays as it is)
+        got = json.loads((out / f"{host}.secret.json").read_text())
+        assert got == {"sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "length": len(SECRET)}
+
+    private = Path(result.private_data_dir)
+    artifacts = private / "artifacts" / result.ident
+    assert (artifacts / "command").is_file() and (artifacts / "stdout").is_file()
+    assert (private / "events.jsonl").is_file() and any((artifacts / "job_events").iterdir())
+    assert _assert_no_secret_under(private) >= 5
+    secrets_file = _secrets_file_of(artifacts)
+    assert secrets_file.parent.parent == tmp_path / "shm"  # outside the run dir, and gone with its directory
+    assert not secrets_file.parent.exists() and list((tmp_path / "shm").iterdir()) == []
+
+
+def test_secrets_file_is_on_tmpfs_by_default(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    playbook, inventory, out = setup
+    result = _secret_runner(tmp_path, secrets_base=None).run(
+        phase="verify", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)}
+    )
+    assert result.ok
+    secrets_file = _secrets_file_of(Path(result.private_data_dir) / "artifacts" / result.ident)
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        assert secrets_file.parent.parent == Path("/dev/shm")
+    assert secrets_file.parent.name.startswith("itopctl-secrets-") and not secrets_file.parent.exists()
+    _assert_no_secret_under(Path(result.private_data_dir))
+
+
+def test_failing_playbook_leaks_no_secret_and_removes_the_file(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    playbook, inventory, out = setup
+    stream = io.StringIO()
+    result = _secret_runner(tmp_path, display=ConsoleDisplay(stream, live=False)).run(
+        phase="switch", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out), "fail_on": ["h2"]}
+    )
+    assert not result.ok and result.status == "failed" and result.failed_hosts == ["h2"]
+    assert json.loads((out / "h2.secret.json").read_text())["length"] == len(SECRET)  # used, then failed
+    _assert_no_secret_under(Path(result.private_data_dir))
+    assert MARKER not in stream.getvalue()
+    assert list((tmp_path / "shm").iterdir()) == []
+
+
+def test_no_log_failure_with_the_secret_stays_out_of_events_jsonl(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    """A no_log task failing with the secret in its message: the result is censored, our log records no message.
+
+    (ansible-core 2.19 still prints such a message in its own error line, so in ansible-runner's ``stdout`` and
+    ``job_events``: a playbook must not put a secret in a failure message, no_log or not.)
+    """
+    playbook, inventory, out = setup
+    stream = io.StringIO()
+    result = _secret_runner(tmp_path, display=ConsoleDisplay(stream, live=False)).run(
+        phase="switch",
+        playbook=playbook,
+        inventory=inventory,
+        extravars={"out_dir": str(out), "fail_with_secret": True},
+    )
+    assert not result.ok and result.failed_hosts == ["h1", "h2"]
+    events = (Path(result.private_data_dir) / "events.jsonl").read_text()
+    assert "runner_on_failed" in events and MARKER not in events and json.dumps(SECRET)[1:-1] not in events
+    assert MARKER not in stream.getvalue()
+    assert list((tmp_path / "shm").iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["ansible-runner", "interrupt"])
+def test_secrets_file_is_removed_after_an_exception(
+    tmp_path: Path, setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ansible-runner raising in its thread (an ItopctlError for the caller), or Ctrl-C while we wait for it."""
+    playbook, inventory, out = setup
+    seen: dict[str, Any] = {}
+    drive = PlaybookRunner._drive
+
+    def spy(self: PlaybookRunner, runner: Any, log_path: Path, progress: Progress) -> Any:
+        path = Path(runner.config.command[runner.config.command.index("--extra-vars") + 1].removeprefix("@"))
+        seen.update(path=path, mode=stat.S_IMODE(path.stat().st_mode), dir=stat.S_IMODE(path.parent.stat().st_mode))
+        seen["text"] = path.read_text(encoding="utf-8")
+        if where == "interrupt":
+            raise KeyboardInterrupt
+
+        def boom(*args: Any, **kwargs: Any) -> None:
+            raise OSError("ansible-runner blew up")
+
+        monkeypatch.setattr(runner, "run", boom)
+        return drive(self, runner, log_path, progress)
+
+    monkeypatch.setattr(PlaybookRunner, "_drive", spy)
+    runner = _secret_runner(tmp_path)
+    expected: type[BaseException] = KeyboardInterrupt if where == "interrupt" else ItopctlError
+    with pytest.raises(expected):
+        runner.run(phase="prepare", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)})
+    assert seen["mode"] == 0o600 and seen["dir"] == 0o700
+    assert seen["text"].startswith("itopctl_test_secret: !unsafe ")
+    assert not seen["path"].exists() and list((tmp_path / "shm").iterdir()) == []
+    (private,) = (tmp_path / "runs").iterdir()
+    _assert_no_secret_under(private)
+
+
+def test_no_secret_set_means_no_secrets_file(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    playbook, inventory, out = setup
+    environ = {k: v for k, v in _environ().items() if k != "ITOPCTL_TEST_SECRET"}
+    result = _secret_runner(tmp_path, environ=environ).run(
+        phase="verify", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)}
+    )
+    assert result.ok
+    assert json.loads((out / "h1.secret.json").read_text()) == {"sha256": hashlib.sha256(b"").hexdigest(), "length": 0}
+    command = json.loads((Path(result.private_data_dir) / "artifacts" / result.ident / "command").read_text())
+    assert "--extra-vars" not in command["command"]
+
+
+def test_secret_settings_that_cannot_work_are_refused(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    playbook, inventory, out = setup
+    for names, message in (
+        (("DB_PASSWORD", "db_password"), "gives the variable 'db_password' twice"),
+        (("1PASSWORD",), "does not make a variable name"),
+        (("IF",), "does not make a variable name"),
+    ):
+        with pytest.raises(ItopctlError, match=message) as info:
+            PlaybookRunner(tmp_path / "runs", secret_names=names, environ=_environ())
+        assert info.value.code == ExitCode.BAD_INPUT
+    twice = PlaybookRunner(tmp_path / "runs", secret_names=("ITOPCTL_TEST_SECRET",) * 2, environ=_environ())
+    assert twice.secret_values() == {"itopctl_test_secret": SECRET}
+    with pytest.raises(ItopctlError, match="clash with extra vars: itopctl_test_secret"):
+        _secret_runner(tmp_path).run(
+            phase="prepare",
+            playbook=playbook,
+            inventory=inventory,
+            extravars={"out_dir": str(out), "itopctl_test_secret": "x"},
+        )
+    inside = tmp_path / "runs" / "shm"
+    inside.mkdir(parents=True)
+    with pytest.raises(ItopctlError, match="secrets must stay out of the runs directory"):
+        _secret_runner(tmp_path, secrets_base=inside).run(
+            phase="prepare", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)}
+        )
+    assert list(inside.iterdir()) == [] and [p.name for p in (tmp_path / "runs").iterdir()] == ["shm"]  # no run
 
 
 def test_failed_host_is_reported_and_limit_is_honoured(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
