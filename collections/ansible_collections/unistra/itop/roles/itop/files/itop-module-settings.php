@@ -19,18 +19,8 @@ if (!is_array($aWanted)) {
 	fwrite(STDERR, "settings on stdin are not a JSON object\n");
 	exit(1);
 }
-// iTop autoloads its Config class; an iTop-shaped test double may name it otherwise but offers the same API.
-$sConfigClass = 'Config';
-if (!class_exists($sConfigClass)) {
-	foreach (get_declared_classes() as $sClass) {
-		if (method_exists($sClass, 'SetModuleSetting') && method_exists($sClass, 'WriteToFile')) {
-			$sConfigClass = $sClass;
-			break;
-		}
-	}
-}
 try {
-	$oConfig = new $sConfigClass($sConfigFile);
+	$oConfig = new Config($sConfigFile);
 	$bChanged = false;
 	foreach ($aWanted as $sModule => $aSettings) {
 		foreach ((array)$aSettings as $sName => $value) {
