@@ -318,7 +318,7 @@ class Orchestrator:
         if target == current:
             return Outcome("nothing_to_do", f"{stage.name} already runs {target}", ExitCode.OK)
         release = self.store.require_release(target)
-        self._check_files(stage, ("rollback",))
+        self._check_files(stage, ("rollback", "verify"))
         runner = self._require_runner()
         now = self.clock()
         handle = self.store.acquire_lock(
@@ -338,7 +338,7 @@ class Orchestrator:
             self.store.update_deployment(deployment_id, phase="rollback")
             interrupt = PhaseInterrupt(self.display)
             interrupt.phase = "rollback"
-            # a rollback is one phase: Ctrl-C waits for its end
+            # a rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both
             with interrupt.installed(), self._closed_on_error(deployment_id):
                 result = runner.run(
                     phase="rollback",
@@ -354,11 +354,33 @@ class Orchestrator:
                     ),
                     project_dir=self.pipeline.path.parent,
                 )
+                verified: RunResult | None = None
+                if result.ok:
+                    # the operator must know the stage is healthy on the release it went back to, not only switched
+                    self.store.update_deployment(deployment_id, phase="verify")
+                    verified = runner.run(
+                        phase="verify",
+                        playbook=stage.playbooks["verify"],
+                        inventory=stage.inventory,
+                        extravars=self._extravars(release, stage, deployment_id, deploy_phase="verify"),
+                        project_dir=self.pipeline.path.parent,
+                    )
             values: dict[str, Any] = {
-                "runner_idents": [result.ident],
+                "runner_idents": [result.ident] + ([verified.ident] if verified else []),
                 "hosts": sorted(result.hosts, key=natural_key),
                 "switched_hosts": result.ok_hosts,
             }
+            if verified is not None and not verified.ok:
+                failed = ", ".join(verified.failed_hosts) or f"status {verified.status}, rc {verified.rc}"
+                record = self.store.finish_deployment(
+                    deployment_id,
+                    result="failed",
+                    now=self.clock(),
+                    stage_state=(target, current, f"rolled back from {current}; verify failed"),
+                    message=f"{stage.name} rolled back from {current} to {target}, but verify failed ({failed})",
+                    **values,
+                )
+                return Outcome("failed", record.message, ExitCode.FAILED, record)
             if result.ok:
                 record = self.store.finish_deployment(
                     deployment_id,

@@ -44,7 +44,8 @@ def test_rollback_command(project: Project) -> None:
     assert result.code == 0, result.err
     record = result.json()["deployment"]
     assert (record["kind"], record["release_id"], record["from_release"]) == ("rollback", "r1", "r2")
-    assert [i.split("-")[1] for i in record["runner_idents"]] == ["rollback"]  # fast: no prepare, no fetch
+    # fast: no prepare, no fetch; then the stage's verify on the release it went back to
+    assert [i.split("-")[1] for i in record["runner_idents"]] == ["rollback", "verify"]
     assert project.current("dev-1") == "r1"
     status = {row["stage"]: row for row in project.run("status", "--json").json()}
     assert status["dev"]["current"] == "r1" and status["dev"]["health"] == "rolled back from r2"
@@ -63,6 +64,22 @@ def test_rollback_command(project: Project) -> None:
     assert project.current("dev-1") == "r2"
     history = project.run("history", "--stage", "dev", "--json").json()
     assert [(d["kind"], d["release_id"]) for d in history[:2]] == [("rollback", "r2"), ("rollback", "r1")]
+
+
+def test_rollback_whose_verify_fails_says_so(project: Project) -> None:
+    seed_deployed(project, "dev", "r1")
+    seed_deployed(project, "dev", "r2")
+    project.on_host("dev-1", "r1", "r2", current="r2")
+    project.marker("fail-verify-r1")
+    result = project.run("rollback", "dev", "--json")
+    assert result.code == ExitCode.FAILED
+    assert result.json()["message"] == "dev rolled back from r2 to r1, but verify failed (dev-1)"
+    assert "verify of r1 fails on purpose" in result.err  # the failed task, shown to the operator
+    assert project.current("dev-1") == "r1"  # the switch back happened: status must not claim otherwise
+    status = {row["stage"]: row for row in project.run("status", "--json").json()}
+    assert (status["dev"]["current"], status["dev"]["health"]) == ("r1", "rolled back from r2; verify failed")
+    last = project.run("history", "--stage", "dev", "--json").json()[0]
+    assert (last["kind"], last["result"], last["phase"]) == ("rollback", "failed", "verify")
 
 
 def test_second_promotion_while_one_runs_is_refused(project: Project) -> None:
