@@ -89,9 +89,7 @@ class Context:
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         return asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
+    return str(obj)  # paths, datetimes
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

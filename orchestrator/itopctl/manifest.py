@@ -94,8 +94,3 @@ def load_manifest(path: Path) -> Manifest:
     if manifest is None:
         raise bad_input(f"invalid manifest {path} ({len(checker.errors)} error(s))", checker.errors)
     return manifest
-
-
-def manifest_from_json(text: str) -> Manifest:
-    data = json.loads(text)
-    return Manifest(id=str(data["id"]), data=data)

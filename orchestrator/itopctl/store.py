@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -174,12 +174,6 @@ class LockHandle:
     record: LockRecord
     event: str
     borrowed: LockRecord | None = None
-
-
-def to_jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    return obj
 
 
 class Store:
