@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 Deploy = Callable[..., None]
 Sample = Callable[[str], dict[str, str]]

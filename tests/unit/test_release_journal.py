@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.unistra.itop.plugins.module_utils import release as engine
-from ansible_collections.unistra.itop.plugins.module_utils.release import (
-    MAX_HISTORY,
-    ReleaseError,
-    ReleaseManager,
-    load_journal,
-    write_json_atomic,
-)
+from ansible_collections.unistra.itop.plugins.module_utils.fsutil import write_json_atomic
+from ansible_collections.unistra.itop.plugins.module_utils.release import MAX_HISTORY, ReleaseManager, load_journal
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 Deploy = Callable[..., None]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 
 @pytest.fixture

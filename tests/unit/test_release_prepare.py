@@ -11,8 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ansible_collections.unistra.itop.plugins.module_utils import artifacts
 from ansible_collections.unistra.itop.plugins.module_utils import release as engine
-from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 Sample = Callable[[str], dict[str, str]]
 
@@ -109,7 +111,7 @@ def test_corrupted_cache_entry_is_fetched_again(
     (cache_dir / art["sha256"]).write_bytes(b"bit rot")
     again = manager.prepare("r1b", [art], cache_dir=str(cache_dir))
     assert again["artifacts"][0]["downloaded"] is True
-    assert engine.sha256_file(str(cache_dir / art["sha256"])) == art["sha256"]
+    assert artifacts.sha256_file(str(cache_dir / art["sha256"])) == art["sha256"]
 
 
 def test_cached_bytes_are_not_served_for_another_uri(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, ReleaseManager, select_prunable
+from ansible_collections.unistra.itop.plugins.module_utils.prune import select_prunable
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 Deploy = Callable[..., None]
 

@@ -13,12 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import (
-    MissingLibraryError,
-    ReleaseError,
-    ReleaseManager,
-    S3Settings,
-)
+from ansible_collections.unistra.itop.plugins.module_utils.artifacts import S3Settings
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import MissingLibraryError, ReleaseError
 
 ACCESS_KEY = "unit-test-key"
 SECRET_KEY = "unit-test-secret-value"

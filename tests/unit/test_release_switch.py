@@ -8,11 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import (
-    ReleaseError,
-    ReleaseManager,
-    validate_release_id,
-)
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError, validate_release_id
 
 Deploy = Callable[..., None]
 

@@ -9,11 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import (
-    ReleaseError,
-    ReleaseManager,
-    unpack_archive,
-)
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import unpack_archive
 
 HOSTILE_TARS = {
     "absolute": lambda b: [b.file("/tmp/unistra-itop-test-pwned")],

@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, unpack_archive
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import unpack_archive
 
 NAMES = ["a", "b", "a/b", "a/c", "b/a", "c", "a/b/c", "d/e"]
 TARGETS = [".", "..", "../..", "a", "../a", "b/..", "a/../..", "../outside", "/etc", "a/b/../../..", "c/.."]

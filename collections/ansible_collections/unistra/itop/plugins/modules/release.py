@@ -374,17 +374,18 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.urls import open_url
-from ansible_collections.unistra.itop.plugins.module_utils.release import (
+from ansible_collections.unistra.itop.plugins.module_utils.artifacts import (
     DEFAULT_CACHE_DIR,
-    DEFAULT_KEEP,
-    DEFAULT_LEASE,
-    OPERATIONS,
-    MissingLibraryError,
-    ReleaseError,
-    ReleaseManager,
     S3Settings,
     boto3_available,
 )
+from ansible_collections.unistra.itop.plugins.module_utils.release import (
+    DEFAULT_KEEP,
+    DEFAULT_LEASE,
+    OPERATIONS,
+    ReleaseManager,
+)
+from ansible_collections.unistra.itop.plugins.module_utils.rules import MissingLibraryError, ReleaseError
 
 
 def argument_spec():
