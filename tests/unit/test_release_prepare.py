@@ -11,8 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.unistra.itop.plugins.module_utils import artifacts
-from ansible_collections.unistra.itop.plugins.module_utils import release as engine
+from ansible_collections.unistra.itop.plugins.module_utils import artifacts, unpack
 from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
 from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
@@ -80,7 +79,7 @@ def test_checksum_mismatch_is_refused_before_unpack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(engine, "unpack_archive", lambda *a, **k: calls.append("unpack"))
+    monkeypatch.setattr(unpack, "unpack_archive", lambda *a, **k: calls.append("unpack"))
     art = dict(sample("r1"), sha256="0" * 64)
     with pytest.raises(ReleaseError, match=r"checksum mismatch.*expected sha256 0{64}"):
         manager.prepare("r1", [art], cache_dir=str(cache_dir))

@@ -59,11 +59,10 @@ from ansible_collections.unistra.itop.plugins.module_utils.fsutil import (
 from ansible_collections.unistra.itop.plugins.module_utils.prune import select_prunable, unused_artifacts
 from ansible_collections.unistra.itop.plugins.module_utils.rules import (
     ReleaseError,
-    redact_uri,
     safe_relpath,
     validate_release_id,
 )
-from ansible_collections.unistra.itop.plugins.module_utils.unpack import unpack_archive
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import UnpackLimits, fetch_and_unpack
 
 SCHEMA_VERSION = 1
 JOURNAL_NAME = ".journal.json"
@@ -375,6 +374,7 @@ class ReleaseManager:
         validate_certs: bool = True,
         metadata: Mapping[str, Any] | None = None,
         http_open: HttpOpener | None = None,
+        limits: UnpackLimits | None = None,
     ) -> dict[str, Any]:
         """Fetch, verify and unpack a release into releases/<id>, link shared paths, journal it as prepared."""
         rid = validate_release_id(release)
@@ -398,7 +398,7 @@ class ReleaseManager:
         tmp_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(tmp_fd, fcntl.LOCK_EX)
         try:
-            fetched = _fetch_and_unpack(tmp, arts, cache)
+            fetched = fetch_and_unpack(tmp, arts, cache, limits=limits)
             os.chmod(tmp, 0o755)  # noqa: S103 -- mkdtemp made it 0700; a release is read by the web server
             self._link_shared(tmp, shared, uid, gid)
             chown_tree(tmp, uid, gid)
@@ -826,18 +826,3 @@ def _validate_shared_paths(paths: Iterable[str]) -> list[str]:
             if a != b and b.startswith(a + "/"):
                 raise ReleaseError(f"shared paths {a!r} and {b!r} overlap: list only {a!r}")
     return result
-
-
-def _fetch_and_unpack(release_dir: str, arts: Sequence[Artifact], cache: ArtifactCache) -> list[dict[str, Any]]:
-    """Get every artifact through the cache (checksum verified) and unpack it at its dest in the release."""
-    fetched = []
-    real_release = os.path.realpath(release_dir)
-    for art in arts:
-        local, downloaded = cache.get(art)
-        fetched.append({**art.as_dict(), "downloaded": downloaded})
-        target = os.path.join(release_dir, art.dest) if art.dest else release_dir
-        if not inside(os.path.realpath(target), real_release):
-            raise ReleaseError(f"dest {art.dest!r} resolves outside the release (through a symlink)")
-        os.makedirs(target, exist_ok=True)
-        unpack_archive(local, target, subdir=art.subdir, label=redact_uri(art.uri))
-    return fetched

@@ -20,10 +20,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.unistra.itop.plugins.module_utils.artifacts import Artifact, ArtifactCache
 from ansible_collections.unistra.itop.plugins.module_utils.fsutil import inside
-from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError, safe_relpath
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError, redact_uri, safe_relpath
 
 CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What one artifact may unpack to (the module's ``unpack_*`` options)."""
+
+    max_bytes: int = 4 * 1024**3  # total bytes of the regular files
+    max_members: int = 100_000
+    max_member_bytes: int = 2 * 1024**3
+    max_ratio: int = 200  # unpacked bytes per byte of the archive file
+    max_link_target: int = 1024  # bytes of a symlink target
+    free_space_margin: int = 256 * 1024**2  # left free on the target's file system after unpacking
+
 
 KIND_DIR = "dir"
 KIND_FILE = "file"
@@ -199,7 +213,9 @@ def _check_links(entries: Sequence[_Entry], label: str) -> None:
             files.add(entry.name)
 
 
-def unpack_archive(archive_path: str, target: str, *, subdir: str = "", label: str | None = None) -> int:
+def unpack_archive(
+    archive_path: str, target: str, *, subdir: str = "", label: str | None = None, limits: UnpackLimits | None = None
+) -> int:
     """Unpack a tar (plain/gz/bz2/xz) or zip archive into ``target`` safely; return the number of entries.
 
     Refuses absolute names, ``..``, symlinks and hard links resolving outside ``target``, device files and FIFOs.
@@ -289,3 +305,20 @@ def _write_entry(archive: Any, entry: _Entry, target: str, real_target: str, lab
         mode = entry.mode if entry.mode else 0o644
         os.fchmod(out.fileno(), (mode & 0o755) | 0o600)
     os.utime(path, (entry.mtime, entry.mtime))
+
+
+def fetch_and_unpack(
+    release_dir: str, arts: Sequence[Artifact], cache: ArtifactCache, *, limits: UnpackLimits | None = None
+) -> list[dict[str, Any]]:
+    """Get every artifact through the cache (checksum verified) and unpack it at its dest in the release."""
+    fetched = []
+    real_release = os.path.realpath(release_dir)
+    for art in arts:
+        local, downloaded = cache.get(art)
+        fetched.append({**art.as_dict(), "downloaded": downloaded})
+        target = os.path.join(release_dir, art.dest) if art.dest else release_dir
+        if not inside(os.path.realpath(target), real_release):
+            raise ReleaseError(f"dest {art.dest!r} resolves outside the release (through a symlink)")
+        os.makedirs(target, exist_ok=True)
+        unpack_archive(local, target, subdir=art.subdir, label=redact_uri(art.uri), limits=limits)
+    return fetched
