@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Promote unistra.itop releases through the pipeline's stages.",
         epilog="exit codes: 0 done, 2 bad input, 3 refused (gate/lock/policy), 4 failed, 5 failed and rolled back, "
-        "130 interrupted at a phase boundary",
+        "6 stage lock taken over (stopped), 130 interrupted at a phase boundary, 141 output closed early",
     )
     parser.add_argument("--version", action="version", version=f"itopctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -520,6 +520,19 @@ def _lab_commands(sub: Any, add: Adder) -> None:
     p.add_argument("--prefix", default="lab")
 
 
+def _pipe_closed(out: TextIO) -> int:
+    """``itopctl status | head``: the reader went away. Nothing to say (no one reads), no traceback; the exit code
+    a shell gives a command killed by SIGPIPE. Standard output goes to /dev/null so Python's final flush is quiet."""
+    try:
+        fileno = out.fileno()
+    except (OSError, ValueError):  # not a real file (tests)
+        return int(ExitCode.PIPE_CLOSED)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
+    return int(ExitCode.PIPE_CLOSED)
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
@@ -533,7 +546,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     ctx: Context | None = None
     try:
         ctx = Context(args, dict(os.environ), out, err)
-        return int(args.func(ctx, args))
+        code = int(args.func(ctx, args))
+        out.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _pipe_closed(out)
     except ItopctlError as exc:
         print(f"itopctl: {exc}", file=err)
         return int(exc.code)

@@ -21,8 +21,12 @@ class ExitCode(IntEnum):
     """The deployment ran and failed; hosts may need attention (see ``itopctl status``)."""
     ROLLED_BACK = 5
     """The deployment failed verification and the switched hosts were rolled back."""
+    LOCK_LOST = 6
+    """The stage lock was taken over while the deployment ran: itopctl stopped before changing anything more."""
     INTERRUPTED = 130
-    """Interrupted (Ctrl-C) and stopped at a phase boundary; the record says which."""
+    """Interrupted (Ctrl-C, SIGTERM or SIGHUP) and stopped at a phase boundary; the record says which."""
+    PIPE_CLOSED = 141
+    """Standard output was closed early (``itopctl status | head``): 128 + SIGPIPE, as a shell reports it."""
 
 
 class ItopctlError(Exception):

@@ -308,21 +308,25 @@ class Store:
 
     # -- releases --------------------------------------------------------------------------------------
     def add_release(self, manifest: Manifest, who: str, now: datetime) -> bool:
-        """True when added, False when the identical manifest is already there; a different one is refused."""
+        """True when added, False when the identical manifest is already there; a different one is refused.
+
+        ``ON CONFLICT DO NOTHING``: of several sessions adding the same release at once, one adds it and the others
+        find it there (a select-then-insert lets two of them insert, and one fails on the primary key)."""
         with self.transaction():
+            inserted = self.execute(
+                "INSERT INTO releases (id, manifest, digest, added_by, added_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (manifest.id, manifest.canonical, manifest.digest, who, iso(now)),
+            )
+            if inserted.rowcount == 1:
+                return True
             row = self.one("SELECT digest FROM releases WHERE id = ?", (manifest.id,))
-            if row is not None:
-                if row[0] == manifest.digest:
-                    return False
+            if row is not None and row[0] != manifest.digest:
                 raise refused(
                     f"release {manifest.id} already exists with a different manifest: releases are immutable",
                     [f"stored digest {row[0]}", f"this manifest {manifest.digest}", "use a new release id"],
                 )
-            self.execute(
-                "INSERT INTO releases (id, manifest, digest, added_by, added_at) VALUES (?, ?, ?, ?, ?)",
-                (manifest.id, manifest.canonical, manifest.digest, who, iso(now)),
-            )
-        return True
+        return False
 
     def release(self, release_id: str) -> ReleaseRecord | None:
         row = self.one(
@@ -353,27 +357,22 @@ class Store:
     def reject(self, release_id: str, who: str, reason: str, now: datetime) -> bool:
         with self.transaction():
             self.require_release(release_id)
-            if self.one("SELECT 1 FROM rejections WHERE release_id = ?", (release_id,)):
-                return False
-            self.execute(
-                "INSERT INTO rejections (release_id, rejected_by, reason, rejected_at) VALUES (?, ?, ?, ?)",
+            inserted = self.execute(
+                "INSERT INTO rejections (release_id, rejected_by, reason, rejected_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (release_id) DO NOTHING",
                 (release_id, who, reason, iso(now)),
             )
-        return True
+        return bool(inserted.rowcount == 1)
 
     # -- approvals -------------------------------------------------------------------------------------
     def approve(self, release_id: str, stage: str, who: str, reason: str, now: datetime) -> bool:
         with self.transaction():
-            if self.one(
-                "SELECT 1 FROM approvals WHERE release_id = ? AND stage = ? AND approver = ?",
-                (release_id, stage, who),
-            ):
-                return False
-            self.execute(
-                "INSERT INTO approvals (release_id, stage, approver, reason, approved_at) VALUES (?, ?, ?, ?, ?)",
+            inserted = self.execute(
+                "INSERT INTO approvals (release_id, stage, approver, reason, approved_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (release_id, stage, approver) DO NOTHING",
                 (release_id, stage, who, reason, iso(now)),
             )
-        return True
+        return bool(inserted.rowcount == 1)
 
     def approvals(self, release_id: str, stage: str | None = None) -> list[ApprovalRecord]:
         sql = "SELECT id, release_id, stage, approver, reason, approved_at FROM approvals WHERE release_id = ?"
