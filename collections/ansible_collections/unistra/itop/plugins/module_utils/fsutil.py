@@ -13,12 +13,32 @@ import json
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 
 TMP_PREFIX = ".tmp-"
+
+# Fault injection for the crash-safety tests (tests/unit/test_release_crash.py, tests/stress/): when this variable
+# names a crash point ("prepare:renamed", or "name#N" for its N-th passage), the process SIGKILLs itself there.
+# Nothing sets it outside those tests; an unset variable costs one dictionary lookup per durable step.
+CRASH_ENV = "_UNISTRA_ITOP_TEST_CRASH_AT"
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die here, as a kill -9 would, if the test harness asked for it (see CRASH_ENV)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _sep, nth = wanted.partition("#")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def inside(path: str, root: str) -> bool:
@@ -60,6 +80,7 @@ def write_json_atomic(path: str, data: Any, mode: int = 0o644) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("write_json:before_rename")
         os.rename(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

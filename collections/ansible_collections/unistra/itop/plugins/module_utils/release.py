@@ -16,6 +16,13 @@ Layout under ``root``::
     .journal.json           the journal (JSON, schema 1), replaced atomically
     .deploy.lock            the deployment lock (JSON), when held
     .journal.lock           flock(2) guard for every read-modify-write of the two files above
+
+Crash safety: every change that touches the disk in more than one step (prepare's rename, a switch of ``current``,
+prune's removals, the lock file) is announced first in the journal (``pending``: a write-ahead intent), then done,
+then recorded and the intent cleared, all under one holding of the exclusive journal flock. An intent found by the
+next operation therefore belongs to a run that was killed: :meth:`ReleaseManager._reconcile` completes what reached
+the disk (roll forward) and forgets what did not, before anything else is done or reported. Each durable step calls
+``crash_point`` so that tests can kill the process exactly there.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +54,7 @@ from ansible_collections.unistra.itop.plugins.module_utils.artifacts import (
 from ansible_collections.unistra.itop.plugins.module_utils.fsutil import (
     TMP_PREFIX,
     chown_tree,
+    crash_point,
     discard,
     fsync_dir,
     inside,
@@ -74,6 +82,12 @@ CURRENT_LINK = "current"
 DEFAULT_KEEP = 5
 DEFAULT_LEASE = 1800
 MAX_HISTORY = 1000
+# Journal keys of the crash recovery: the intent of the change in progress, what the last recovery completed (so that
+# a retried rollback does not go one step further), and a lock whose taker died before learning its token.
+PENDING = "pending"
+RECOVERED = "recovered"
+ORPHANED_LOCK = "orphaned_lock_id"
+_INTENT_OPS = ("prepare", "activate", "rollback", "prune", "lock", "unlock")
 
 OPERATIONS = ("prepare", "activate", "rollback", "prune", "info", "lock", "unlock", "mark_failed")
 STATE_PREPARED = "prepared"
@@ -159,6 +173,8 @@ class _State:
     dirty: bool = False
     # In check mode the operation runs on this state in memory only; results report the untouched copy.
     on_disk: _State | None = None
+    # What the recovery of a killed run did at the start of this operation (reported as ``recovered``).
+    recovered: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ReleaseManager:
@@ -214,6 +230,9 @@ class ReleaseManager:
                 fcntl.flock(fd, fcntl.LOCK_SH)
         try:
             state = self._load()
+            self._reconcile(state, persist=fd is not None and write and not self.check_mode)
+            if self.check_mode:
+                state.on_disk = copy.deepcopy(state)
             if write and honour_lock:
                 self._refuse_if_locked_by_another(state)
             yield state
@@ -233,10 +252,147 @@ class ReleaseManager:
         )
 
     def _load(self) -> _State:
-        state = _State(journal=load_journal(self.journal_path), current=self._read_current(), lock=self._read_lock())
+        return _State(journal=load_journal(self.journal_path), current=self._read_current(), lock=self._read_lock())
+
+    # -- write-ahead intents and recovery ---------------------------------------------------------------------------
+
+    def _run_intent(self, state: _State, intent: dict[str, Any], act: Callable[[], None]) -> None:
+        """Announce ``intent`` in the journal, ``act`` on the disk, then record it: a kill anywhere is recoverable.
+
+        In check mode only the journal in memory changes. If ``act`` fails, the disk says how far it got and the
+        same recovery as after a kill decides, at once.
+        """
         if self.check_mode:
-            state.on_disk = copy.deepcopy(state)
-        return state
+            self._apply(state, intent, recovered=False)
+            return
+        op = intent["op"]
+        state.journal[PENDING] = intent
+        state.dirty = True
+        self._save(state)
+        crash_point(f"{op}:intent")
+        try:
+            act()
+        except BaseException:
+            state.current, state.lock = self._read_current(), self._read_lock()
+            self._reconcile(state, persist=True)
+            raise
+        crash_point(f"{op}:acted")
+        self._apply(state, intent, recovered=False)
+        del state.journal[PENDING]
+        self._save(state)
+        crash_point(f"{op}:done")
+
+    def _reconcile(self, state: _State, *, persist: bool) -> None:
+        """Complete or forget the change a killed run announced, before anything else (see the module docstring).
+
+        An intent seen under the journal flock always belongs to a dead run: an intent is written, acted on and
+        cleared within one holding of the exclusive flock. Without ``persist`` (reads, check mode) the recovery is
+        only applied to the state in memory, so that what is reported is what the next change will find.
+        """
+        intent = state.journal.get(PENDING)
+        if intent is None:
+            return
+        del state.journal[PENDING]
+        state.dirty = True
+        if not isinstance(intent, dict) or intent.get("op") not in _INTENT_OPS:
+            self._event(state, "recover", outcome="dropped an unreadable intent")
+        else:
+            done = self._intent_reached_disk(state, intent)
+            if done:
+                if persist and intent["op"] == "prune":
+                    self._prune_disk(intent, state.current)
+                self._apply(state, intent, recovered=True)
+            elif persist:
+                self._forget(intent)
+            outcome = "completed" if done else "abandoned"
+            self._event(state, "recover", op=intent["op"], release=intent.get("release"), outcome=outcome)
+            state.recovered.append({"op": intent["op"], "release": intent.get("release"), "outcome": outcome})
+        if persist:
+            self._save(state)
+
+    def _intent_reached_disk(self, state: _State, intent: Mapping[str, Any]) -> bool:
+        op = intent["op"]
+        if op == "prepare":
+            return os.path.isdir(self.release_path(str(intent["release"])))
+        if op in ("activate", "rollback"):
+            return state.current == str(intent["release"])
+        if op == "lock":
+            return state.lock is not None and state.lock.get("lock_id") == intent["lock"]["lock_id"]
+        if op == "unlock":
+            return state.lock is None or state.lock.get("lock_id") != intent["lock_id"]
+        return True  # prune: what was decided is finished (removing a release twice is harmless)
+
+    def _forget(self, intent: Mapping[str, Any]) -> None:
+        """Remove what an intent that never reached the disk left behind (a prepared tree not yet renamed)."""
+        if intent["op"] == "prepare" and intent.get("tmp"):
+            tmp = os.path.join(self.releases_dir, os.path.basename(str(intent["tmp"])))
+            if os.path.isdir(tmp) and not is_tmp_dir_busy(tmp):
+                rmtree(tmp)
+
+    def _apply(self, state: _State, intent: Mapping[str, Any], *, recovered: bool) -> None:
+        """Record in the journal (in memory) the change ``intent`` describes: the one place each change is written."""
+        op = intent["op"]
+        journal = state.journal
+        if op == "prepare":
+            arts = [Artifact.from_dict(item) for item in intent["artifacts"]]
+            self._mark_prepared(
+                state,
+                str(intent["release"]),
+                arts,
+                list(intent.get("shared_paths", [])),
+                intent.get("metadata"),
+                replaced_failed=bool(intent.get("replaced_failed")),
+                recovered=recovered,
+            )
+            return
+        if op in ("activate", "rollback"):
+            self._apply_switch(state, intent, recovered=recovered)
+            return
+        if op == "prune":
+            for rid in intent["remove"]:
+                journal["releases"].pop(rid, None)
+        elif op == "lock":
+            state.lock = dict(intent["lock"])
+            journal.pop(ORPHANED_LOCK, None)
+            if recovered:  # its taker died before it could learn the token: the same owner may take it over
+                journal[ORPHANED_LOCK] = intent["lock"]["lock_id"]
+        elif op == "unlock":
+            state.lock = None
+            journal.pop(ORPHANED_LOCK, None)
+        self._event(state, intent["event_name"], **intent.get("event", {}), recovered=recovered or None)
+
+    def _apply_switch(self, state: _State, intent: Mapping[str, Any], *, recovered: bool) -> None:
+        rid = str(intent["release"])
+        previous = intent.get("from")
+        journal = state.journal
+        record = journal["releases"][rid]
+        self._merge_metadata(record, intent.get("metadata"))
+        entry = self._event(
+            state,
+            intent["op"],
+            release=rid,
+            reason=intent.get("reason"),
+            recovered=recovered or None,
+            **{"from": previous},
+        )
+        if previous and previous != rid:
+            journal["previous"] = previous
+        for other_id, other in journal["releases"].items():
+            if other_id != rid and other.get("state") == STATE_ACTIVE:
+                other["state"] = STATE_INACTIVE
+        record["state"] = STATE_ACTIVE
+        record["activated_at"] = entry["at"]
+        record["activated_seq"] = entry["seq"]
+        record["activations"] = int(record.get("activations", 0)) + 1
+        record.pop("bad_reason", None)
+        if intent["op"] == "rollback" and previous and previous != rid:
+            left = journal["releases"].get(previous)
+            if isinstance(left, dict):
+                left["state"] = STATE_BAD
+                left["bad_reason"] = intent.get("bad_reason") or f"rolled back to {rid}"
+        if recovered:
+            journal[RECOVERED] = {"op": intent["op"], "release": rid, "from": previous}
+        state.current = rid
 
     def _read_current(self) -> str | None:
         try:
@@ -320,6 +476,7 @@ class ReleaseManager:
     def _result(self, state: _State, changed: bool, msg: str, **extra: Any) -> dict[str, Any]:
         """The common result. In check mode the state reported is the one on disk (nothing moved); what would
         happen is in ``changed``, ``msg`` and the operation's own keys (``release``, ``removed``...)."""
+        recovered = state.recovered
         if state.on_disk is not None:
             state = state.on_disk
         releases = sorted(
@@ -343,6 +500,7 @@ class ReleaseManager:
             ],
             "history": list(state.journal["history"]),
             "lock": self._lock_view(state.lock),
+            "recovered": list(recovered),
             "msg": msg,
         }
         result.update(extra)
@@ -399,6 +557,7 @@ class ReleaseManager:
         fcntl.flock(tmp_fd, fcntl.LOCK_EX)
         try:
             fetched = fetch_and_unpack(tmp, arts, cache, limits=limits)
+            crash_point("prepare:unpacked")
             os.chmod(tmp, 0o755)  # noqa: S103 -- mkdtemp made it 0700; a release is read by the web server
             self._link_shared(tmp, shared, uid, gid)
             chown_tree(tmp, uid, gid)
@@ -411,12 +570,24 @@ class ReleaseManager:
                     )
                 if decision == "redo":
                     discard(path, self.releases_dir)
+                    crash_point("prepare:discarded")
                 # The journal must never call a release prepared whose files a power cut could still truncate.
                 sync_filesystem(tmp)
-                os.rename(tmp, path)
-                fsync_dir(self.releases_dir)
-                self._mark_prepared(state, rid, arts, shared, metadata, replaced_failed=decision == "redo")
-                self._save(state)
+                intent = {
+                    "op": "prepare",
+                    "release": rid,
+                    "tmp": os.path.basename(tmp),
+                    "artifacts": [a.as_dict() for a in arts],
+                    "shared_paths": list(shared),
+                    "metadata": dict(metadata or {}),
+                    "replaced_failed": decision == "redo",
+                }
+
+                def publish() -> None:
+                    os.rename(tmp, path)
+                    fsync_dir(self.releases_dir)
+
+                self._run_intent(state, intent, publish)
                 return self._result(state, True, f"release {rid} prepared", release=rid, path=path, artifacts=fetched)
         except OSError as exc:
             raise ReleaseError(f"preparing release {rid} failed: {exc}") from None
@@ -483,9 +654,12 @@ class ReleaseManager:
         metadata: Mapping[str, Any] | None,
         *,
         replaced_failed: bool,
+        recovered: bool = False,
     ) -> None:
         old = self._record(state, rid) or {}
-        entry = self._event(state, "prepare", release=rid, replaced_failed=replaced_failed or None)
+        entry = self._event(
+            state, "prepare", release=rid, replaced_failed=replaced_failed or None, recovered=recovered or None
+        )
         record = {
             "id": rid,
             "state": STATE_PREPARED,
@@ -539,6 +713,7 @@ class ReleaseManager:
         """Point current at releases/<id> (temporary symlink + rename) and journal who did it."""
         rid = validate_release_id(release)
         with self._guarded(write=True) as state:
+            self._consume_recovered(state)
             record = self._activatable(state, rid, force=force)
             if state.current == rid and record.get("state") == STATE_ACTIVE:
                 changed = self._merge_metadata(record, metadata)
@@ -548,9 +723,8 @@ class ReleaseManager:
                 return self._result(
                     state, changed, f"release {rid} is already current", release=rid, path=self.release_path(rid)
                 )
-            self._merge_metadata(record, metadata)
             previous = state.current
-            self._switch(state, rid, "activate")
+            self._switch(state, {"op": "activate", "release": rid, "from": previous, "metadata": dict(metadata or {})})
             self._save(state)
             verb = "would be activated (check mode)" if self.check_mode else "activated"
             return self._result(
@@ -561,6 +735,25 @@ class ReleaseManager:
         """Go back to ``release`` or to the previous good release; the release left is marked bad."""
         with self._guarded(write=True) as state:
             current = state.current
+            recovered = self._consume_recovered(state)
+            if (
+                not release
+                and current is not None
+                and recovered is not None
+                and recovered.get("op") == "rollback"
+                and recovered.get("release") == current
+            ):
+                # The retry of a rollback killed after its switch: the recovery finished it, going further is not
+                # what was asked.
+                self._save(state)
+                return self._result(
+                    state,
+                    False,
+                    f"the rollback from {recovered.get('from')} to {current} was interrupted after the switch and has "
+                    "been completed; nothing more to do (name a release to go further back)",
+                    release=current,
+                    path=self.release_path(current),
+                )
             if release:
                 rid = validate_release_id(release)
                 if rid == current:
@@ -580,12 +773,16 @@ class ReleaseManager:
                 rid = target
                 record = self._activatable(state, rid, force=True)
             del record  # only validated here
-            self._switch(state, rid, "rollback", reason=reason)
-            if current is not None:
-                left = self._record(state, current)
-                if left is not None:
-                    left["state"] = STATE_BAD
-                    left["bad_reason"] = reason or f"rolled back to {rid}"
+            self._switch(
+                state,
+                {
+                    "op": "rollback",
+                    "release": rid,
+                    "from": current,
+                    "reason": reason,
+                    "bad_reason": reason or f"rolled back to {rid}",
+                },
+            )
             self._save(state)
             verb = "would roll back (check mode)" if self.check_mode else "rolled back"
             return self._result(
@@ -608,9 +805,19 @@ class ReleaseManager:
             )
         return record
 
-    def _switch(self, state: _State, rid: str, event: str, reason: str | None = None) -> None:
-        previous = state.current
-        if not self.check_mode:
+    @staticmethod
+    def _consume_recovered(state: _State) -> dict[str, Any] | None:
+        """What the last recovery completed, kept only until the next switch (activate or rollback)."""
+        recovered = state.journal.pop(RECOVERED, None)
+        if recovered is not None:
+            state.dirty = True
+        return recovered if isinstance(recovered, dict) else None
+
+    def _switch(self, state: _State, intent: dict[str, Any]) -> None:
+        """Move ``current`` to the intent's release: temporary symlink + rename(2), announced and recorded."""
+        rid = intent["release"]
+
+        def switch_link() -> None:
             tmp_link = os.path.join(self.root, f"{CURRENT_LINK}.tmp-{secrets.token_hex(4)}")
             os.symlink(f"{RELEASES_DIR}/{rid}", tmp_link)
             try:
@@ -620,19 +827,8 @@ class ReleaseManager:
                     os.unlink(tmp_link)
                 raise ReleaseError(f"cannot switch {self.current_link} to releases/{rid}: {exc}") from None
             fsync_dir(self.root)
-        entry = self._event(state, event, release=rid, **{"from": previous}, reason=reason)
-        if previous and previous != rid:
-            state.journal["previous"] = previous
-        for other_id, other in state.journal["releases"].items():
-            if other_id != rid and other.get("state") == STATE_ACTIVE:
-                other["state"] = STATE_INACTIVE
-        record = state.journal["releases"][rid]
-        record["state"] = STATE_ACTIVE
-        record["activated_at"] = entry["at"]
-        record["activated_seq"] = entry["seq"]
-        record["activations"] = int(record.get("activations", 0)) + 1
-        record.pop("bad_reason", None)
-        state.current = rid
+
+        self._run_intent(state, intent, switch_link)
 
     # -- prune ------------------------------------------------------------------------------------------------------
 
@@ -652,18 +848,18 @@ class ReleaseManager:
             stale = unused_artifacts(releases, removed) if cache_dir else []
             changed = bool(removed or leftovers)
             if not self.check_mode:
-                for rid in removed:
-                    discard(self.release_path(rid), self.releases_dir)
                 for path in leftovers:
                     rmtree(path)
-                for sha in stale:
-                    for name in (sha, f"{sha}.uris"):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(str(cache_dir), name))
-            for rid in removed:
-                del releases[rid]
             if removed:
-                self._event(state, "prune", removed=removed, keep=keep)
+                intent = {
+                    "op": "prune",
+                    "remove": removed,
+                    "cache_dir": cache_dir,
+                    "stale": stale,
+                    "event_name": "prune",
+                    "event": {"removed": removed, "keep": keep},
+                }
+                self._run_intent(state, intent, lambda: self._prune_disk(intent, state.current))
             self._save(state)
             if changed:
                 verb = "would remove" if self.check_mode else "removed"
@@ -678,6 +874,18 @@ class ReleaseManager:
                 removed_tmp=[os.path.basename(p) for p in leftovers],
                 removed_cache=stale,
             )
+
+    def _prune_disk(self, intent: Mapping[str, Any], current: str | None) -> None:
+        """Remove the releases (and cached artifacts) a prune decided on; safe to run again after a kill."""
+        for rid in intent["remove"]:
+            if rid != current:  # never, even if someone moved current by hand since the decision
+                discard(self.release_path(rid), self.releases_dir)
+                crash_point("prune:removed")
+        cache_dir = intent.get("cache_dir")
+        for sha in intent.get("stale", []) if cache_dir else []:
+            for name in (sha, f"{sha}.uris"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(str(cache_dir), name))
 
     def _leftovers(self) -> list[str]:
         found: list[str] = []
@@ -750,30 +958,30 @@ class ReleaseManager:
                 self._write_lock(state, new)
                 return self._result(state, False, f"lock renewed until {new['expires_at']}")
             if held is None:
-                self._write_lock(state, new)
-                self._event(state, "lock", lock_owner=self.owner_name, reason=reason)
+                self._take_lock(state, new, "lock", {"lock_owner": self.owner_name, "reason": reason})
                 self._save(state)
                 return self._result(state, True, f"lock taken until {new['expires_at']}")
             expired = float(held.get("expires_at_epoch", 0)) <= now
-            if not expired and not force:
+            # A lock whose taker was killed before it returned: nobody knows its token, its owner may take it again.
+            orphaned = held.get("lock_id") == state.journal.get(ORPHANED_LOCK) and held.get("owner") == self.owner_name
+            if not expired and not force and not orphaned:
                 raise ReleaseError(
                     f"{self.root} is locked by {held.get('owner')} since {held.get('acquired_at')} "
                     f"({held.get('reason') or 'no reason given'}), lease until {held.get('expires_at')}: wait for it, "
                     "or pass force=true to take it over (recorded in the journal)"
                 )
-            self._write_lock(state, new)
-            self._event(
-                state,
-                "lock_takeover",
-                previous_owner=held.get("owner"),
-                previous_reason=held.get("reason"),
-                previous_expires_at=held.get("expires_at"),
-                expired=expired,
-                forced=not expired,
-                reason=reason,
-            )
+            takeover = {
+                "previous_owner": held.get("owner"),
+                "previous_reason": held.get("reason"),
+                "previous_expires_at": held.get("expires_at"),
+                "expired": expired,
+                "forced": not expired and not orphaned,
+                "orphaned": orphaned or None,
+                "reason": reason,
+            }
+            self._take_lock(state, new, "lock_takeover", takeover)
             self._save(state)
-            how = "expired lock" if expired else "lock (forced)"
+            how = "expired lock" if expired else "orphaned lock" if orphaned else "lock (forced)"
             return self._result(state, True, f"took over the {how} of {held.get('owner')}")
 
     def unlock(self, *, lock_id: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -796,18 +1004,24 @@ class ReleaseManager:
                     "another lock_id: pass the lock_id returned by operation=lock, or force=true to break it "
                     "(recorded in the journal)"
                 )
-            if not self.check_mode:
+
+            def remove_lock() -> None:
                 os.unlink(self.deploy_lock_path)
                 fsync_dir(self.root)
-            state.lock = None
-            self._event(
-                state,
-                "unlock",
-                previous_owner=held.get("owner"),
-                forced=(not mine) or None,
-            )
+
+            intent = {
+                "op": "unlock",
+                "lock_id": held.get("lock_id"),
+                "event_name": "unlock",
+                "event": {"previous_owner": held.get("owner"), "forced": (not mine) or None},
+            }
+            self._run_intent(state, intent, remove_lock)
             self._save(state)
             return self._result(state, True, f"lock of {held.get('owner')} released")
+
+    def _take_lock(self, state: _State, lock: dict[str, Any], event: str, fields: Mapping[str, Any]) -> None:
+        intent = {"op": "lock", "lock": lock, "event_name": event, "event": dict(fields)}
+        self._run_intent(state, intent, lambda: write_json_atomic(self.deploy_lock_path, lock))
 
     def _write_lock(self, state: _State, lock: dict[str, Any]) -> None:
         if not self.check_mode:
