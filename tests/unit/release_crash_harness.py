@@ -41,19 +41,22 @@ MANIFEST = "MANIFEST.json"
 OWNER = "crash-test"
 
 # The child: run one engine operation given as JSON, print its result as JSON. "ready" first, so that the stress
-# command can time its kill from the moment the engine is imported.
+# command can time its kill from the moment the engine is imported, and "elapsed" to know how long the operation
+# itself takes.
 CHILD = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseError, ReleaseManager
 spec = json.loads(sys.argv[2])
 print("ready", flush=True)
+start = time.perf_counter()
 manager = ReleaseManager(spec["root"], owner_name=spec["owner"])
 try:
     result = getattr(manager, spec["op"])(*spec.get("args", []), **spec.get("kwargs", {}))
 except ReleaseError as exc:
     print(json.dumps({"error": str(exc)}))
     sys.exit(3)
+print(f"elapsed {time.perf_counter() - start:.6f}")
 print(json.dumps(result))
 """
 
