@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.unistra.itop.plugins.module_utils.release import PENDING, ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
 from release_crash_harness import (
     OWNER,
     build_artifacts,
@@ -108,3 +109,24 @@ def test_check_mode_reports_the_recovery_and_writes_nothing(
     result = ReleaseManager(str(root), owner_name=OWNER, check_mode=True).activate("r2")
     assert (result["current"], result["previous"]) == ("r2", "r1")
     assert (root / ".journal.json").read_bytes() == before
+
+
+def test_prune_removes_release_directories_the_journal_does_not_know(
+    tmp_path: Path, artifacts: dict[str, dict[str, str]]
+) -> None:
+    """Debris of a prepare killed under an older version (renamed, never journaled): refused by prepare, pruned."""
+    scenario = SCENARIOS["prepare"]
+    root, cache = build_root(tmp_path, scenario, artifacts)
+    (root / "releases/r2").mkdir()
+    (root / "releases/r2/half-written").write_text("x")
+    manager = ReleaseManager(str(root), owner_name=OWNER)
+    with pytest.raises(ReleaseError, match="run operation=prune"):
+        manager.prepare("r2", [artifacts["r2"]], cache_dir=str(cache))
+    predicted = ReleaseManager(str(root), owner_name=OWNER, check_mode=True).prune()
+    assert predicted["changed"] is True
+    assert predicted["removed_unjournaled"] == ["r2"]
+    assert (root / "releases/r2").is_dir()
+    assert manager.prune()["removed_unjournaled"] == ["r2"]
+    assert not (root / "releases/r2").exists()
+    assert manager.prepare("r2", [artifacts["r2"]], cache_dir=str(cache))["changed"] is True
+    assert check_consistent(root)[0] == []

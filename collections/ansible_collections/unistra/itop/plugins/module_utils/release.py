@@ -630,8 +630,9 @@ class ReleaseManager:
         if record is None:
             if exists:
                 raise ReleaseError(
-                    f"{self.release_path(rid)} exists but is not in the journal: it was not prepared by this module; "
-                    "remove it or use another release id"
+                    f"{self.release_path(rid)} exists but is not in the journal: it was made by hand or left by an "
+                    "older version of this module killed while preparing it; never adopted: run operation=prune "
+                    "(which removes release directories the journal does not know), or use another release id"
                 )
             return "new"
         if not exists:
@@ -845,11 +846,14 @@ class ReleaseManager:
             protected = {state.current, self._previous(state), self._rollback_target(state)}
             removed = select_prunable(releases, keep, {rid for rid in protected if rid})
             leftovers = self._leftovers()
+            unknown = self._unjournaled(state)
             stale = unused_artifacts(releases, removed) if cache_dir else []
-            changed = bool(removed or leftovers)
+            changed = bool(removed or leftovers or unknown)
             if not self.check_mode:
                 for path in leftovers:
                     rmtree(path)
+                for rid in unknown:
+                    discard(self.release_path(rid), self.releases_dir)
             if removed:
                 intent = {
                     "op": "prune",
@@ -864,6 +868,8 @@ class ReleaseManager:
             if changed:
                 verb = "would remove" if self.check_mode else "removed"
                 msg = f"{verb} {len(removed)} release(s) and {len(leftovers)} leftover temporary item(s)"
+                if unknown:
+                    msg += f", and {len(unknown)} unjournaled release directory(ies) ({', '.join(unknown)})"
             else:
                 msg = "nothing to prune"
             return self._result(
@@ -872,6 +878,7 @@ class ReleaseManager:
                 msg,
                 removed=removed,
                 removed_tmp=[os.path.basename(p) for p in leftovers],
+                removed_unjournaled=unknown,
                 removed_cache=stale,
             )
 
@@ -886,6 +893,16 @@ class ReleaseManager:
             for name in (sha, f"{sha}.uris"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(str(cache_dir), name))
+
+    def _unjournaled(self, state: _State) -> list[str]:
+        """Release directories the journal does not know (never current): made by hand, or debris of a prepare
+        killed under an older version of this module (a prepare now announces its rename in the journal first)."""
+        try:
+            names = sorted(os.listdir(self.releases_dir))
+        except FileNotFoundError:
+            return []
+        known = state.journal["releases"]
+        return [n for n in names if not n.startswith(TMP_PREFIX) and n not in known and n != state.current]
 
     def _leftovers(self) -> list[str]:
         found: list[str] = []
