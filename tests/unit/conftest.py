@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
+import lzma
 import os
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +213,103 @@ def deploy(manager: ReleaseManager, sample: Callable[[str], dict[str, str]], cac
                 manager.activate(version)
 
     return run
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hostile archives that stay small on disk: bombs built from repeated compressed blocks, sparse tars, forged zips
+# --------------------------------------------------------------------------------------------------------------------
+
+_ZEROS_MIB = b"\0" * (1 << 20)
+_STREAM_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "": bytes,
+    "gz": lambda data: gzip.compress(data, mtime=0),
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+}
+
+
+def make_zero_bomb_tar(path: Path, sizes_mib: dict[str, int], compression: str = "gz") -> Path:
+    """A tar whose regular files are ``sizes_mib[name]`` MiB of zeros, written as concatenated compressed streams
+    (gzip, bz2 and xz readers all accept several): one compressed MiB of zeros is computed once and repeated, so a
+    2 MiB .tar.gz inflating to 2 GiB takes milliseconds to build."""
+    pack = _STREAM_COMPRESSORS[compression]
+    zeros = pack(_ZEROS_MIB)
+    with open(path, "wb") as out:
+        for name, mib in sizes_mib.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = mib << 20, 1_700_000_000, 0o644
+            out.write(pack(info.tobuf(format=tarfile.GNU_FORMAT)))
+            for _ in range(mib):
+                out.write(zeros)
+        out.write(pack(b"\0" * tarfile.RECORDSIZE))
+    return path
+
+
+def make_sparse_tar(path: Path, name: str, apparent_size: int, compression: str = "") -> Path:
+    """A tar holding one byte of data for a GNU sparse file (pax format 0.1) of ``apparent_size`` bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = 1, 1_700_000_000
+    info.pax_headers = {"GNU.sparse.map": f"{apparent_size - 1},1", "GNU.sparse.size": str(apparent_size)}
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        tar.addfile(info, io.BytesIO(b"x"))
+    return path
+
+
+def make_raw_zip(path: Path, members: list[tuple[str, int, bytes, int, int, int]]) -> Path:
+    """A zip written by hand, so that its headers can lie: each member is (name, unix mode, deflated data,
+    crc32, declared size, method)."""
+    local, central = bytearray(), bytearray()
+    for name, mode, data, crc, size, method in members:
+        raw_name = name.encode()
+        offset = len(local)
+        head = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size, len(raw_name), 0)
+        local += head + raw_name + data
+        central += (
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                0x0314,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                crc,
+                len(data),
+                size,
+                len(raw_name),
+                0,
+                0,
+                0,
+                0,
+                mode << 16,
+                offset,
+            )
+            + raw_name
+        )
+    count = len(members)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+    return path
+
+
+def deflated_zeros(mib: int) -> tuple[bytes, int]:
+    """(raw deflate data of ``mib`` MiB of zeros, their crc32), from one compressed block repeated (full flush)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(_ZEROS_MIB) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(_ZEROS_MIB, crc)
+    return block * mib + compressor.flush(), crc
+
+
+@pytest.fixture
+def hostile() -> SimpleNamespace:
+    """Builders of hostile archives that stay small on disk (see make_zero_bomb_tar)."""
+    return SimpleNamespace(
+        zero_bomb_tar=make_zero_bomb_tar,
+        sparse_tar=make_sparse_tar,
+        raw_zip=make_raw_zip,
+        deflated_zeros=deflated_zeros,
+    )

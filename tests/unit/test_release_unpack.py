@@ -99,8 +99,9 @@ def test_symlink_escape_through_previous_artifact_link_is_refused(
 def test_tar_formats_unpack_faithfully(compression: str, build: SimpleNamespace, tmp_path: Path) -> None:
     path = build.tar(tmp_path / f"app.tar.{compression or 'plain'}", build.sample_members("r1"), compression)
     target = tmp_path / "out"
-    count = unpack_archive(str(path), str(target))
-    assert count == len(build.sample_members("r1"))
+    unpacked = unpack_archive(str(path), str(target))
+    assert unpacked.entries == len(build.sample_members("r1"))
+    assert unpacked.symlinks == ("app/current-version",)
     assert (target / "VERSION").read_text() == "r1\n"
     assert os.readlink(target / "app/current-version") == "../VERSION"
     assert (target / "app/current-version").read_text() == "r1\n"
