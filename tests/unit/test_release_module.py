@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from ansible.module_utils.common.text.formatters import human_to_bytes
 from ansible.module_utils.testing import patch_module_args
+from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import UnpackLimits
 from ansible_collections.unistra.itop.plugins.modules import release as module
 
 
@@ -103,3 +109,59 @@ def test_missing_boto3_for_s3_uses_missing_required_lib(
     )
     assert result["failed"] is True
     assert "Failed to import the required Python library (boto3)" in result["msg"]
+
+
+def test_unpack_limits_reach_prepare_with_defaults_for_the_rest(
+    sample: Callable[[str], dict[str, str]],
+    root: Path,
+    cache_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[UnpackLimits] = []
+
+    def fake_prepare(self: ReleaseManager, *args: Any, limits: UnpackLimits, **kwargs: Any) -> dict[str, Any]:
+        seen.append(limits)
+        return {"changed": False, "msg": "fake"}
+
+    monkeypatch.setattr(ReleaseManager, "prepare", fake_prepare)
+    base = {"root": str(root), "operation": "prepare", "release": "r1", "artifacts": [sample("r1")]}
+    _run({**base, "cache_dir": str(cache_dir), "unpack_limits": {"max_ratio": 500, "max_bytes": "8G"}}, capsys)
+    _run({**base, "cache_dir": str(cache_dir)}, capsys)
+    assert seen == [UnpackLimits(max_ratio=500, max_bytes=8 * 1024**3), UnpackLimits()]
+
+
+def test_an_archive_over_the_limits_fails_with_the_option_to_raise(
+    sample: Callable[[str], dict[str, str]], root: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = {"root": str(root), "operation": "prepare", "release": "r1", "cache_dir": str(cache_dir)}
+    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_members": 3}}, capsys)
+    assert result["failed"] is True
+    assert "more than 3 members (unpack_limits.max_members)" in result["msg"]
+    assert os.listdir(root / "releases") == []
+    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_bytes": "10"}}, capsys)
+    assert "more than 10 bytes of files (unpack_limits.max_bytes)" in result["msg"]
+
+
+def test_an_invalid_limit_is_a_clear_error(
+    sample: Callable[[str], dict[str, str]], root: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = {"root": str(root), "operation": "prepare", "release": "r1", "cache_dir": str(cache_dir)}
+    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_ratio": 0}}, capsys)
+    assert result["failed"] is True
+    assert "unpack_limits.max_ratio must be an integer of at least 1" in result["msg"]
+    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_bytes": "lots"}}, capsys)
+    assert result["failed"] is True
+    assert "max_bytes" in result["msg"]
+
+
+def test_documented_unpack_limits_are_the_engine_defaults() -> None:
+    """The docs, the argument spec and UnpackLimits name the same limits with the same defaults."""
+    documented = yaml.safe_load(module.DOCUMENTATION)["options"]["unpack_limits"]["suboptions"]
+    spec = module.argument_spec()["unpack_limits"]["options"]
+    engine = {field.name: field.default for field in dataclasses.fields(UnpackLimits)}
+    assert set(documented) == set(spec) == set(engine)
+    for name, doc in documented.items():
+        assert doc["type"] == spec[name]["type"]
+        default = human_to_bytes(doc["default"]) if doc["type"] == "bytes" else doc["default"]
+        assert default == spec[name]["default"] == engine[name], name

@@ -63,7 +63,10 @@ options:
       - The archives of the release (tar, tar.gz, tar.bz2, tar.xz or zip), unpacked in order. Required by
         O(operation=prepare).
       - Archives are refused when a member has an absolute name, a C(..) component, is a symlink or hard link that
-        resolves outside the release, or is a device file or a FIFO. A refused archive leaves nothing behind.
+        resolves outside the release, is a device file, a FIFO or a sparse file, or when the archive goes over
+        O(unpack_limits). Once every artifact is in place, every symlink of the release must resolve inside it.
+      - A damaged archive (bad gzip, bz2 or xz trailer, bad zip CRC, truncated data) is refused even when its sha256
+        matches. A refused archive leaves nothing behind.
     type: list
     elements: dict
     suboptions:
@@ -83,6 +86,47 @@ options:
         description: Only this directory of the archive is unpacked, and it becomes O(artifacts[].dest).
         type: str
         default: ""
+  unpack_limits:
+    description:
+      - What one artifact may unpack to, with O(operation=prepare). Sizes are bytes, or a number with a unit
+        (V(512M), V(4G)).
+      - The sizes the archive declares, and the free space, are checked before anything is written; the bytes
+        actually written are counted too, since headers can lie.
+      - Raise a limit only for an artifact you trust.
+    type: dict
+    suboptions:
+      max_bytes:
+        description: Total size of the artifact's regular files.
+        type: bytes
+        default: 4G
+      max_members:
+        description: Entries of the archive, of any kind (files, directories, links).
+        type: int
+        default: 100000
+      max_member_bytes:
+        description: Size of one regular file.
+        type: bytes
+        default: 2G
+      max_ratio:
+        description:
+          - Compression ratio, bytes unpacked per byte of archive, checked once the artifact unpacks to more than
+            O(unpack_limits.ratio_threshold). Catches decompression bombs.
+        type: int
+        default: 200
+      ratio_threshold:
+        description: Below this total the ratio is not checked (a small archive of repetitive text may pass 200).
+        type: bytes
+        default: 64M
+      max_link_target:
+        description: Length of a symlink's target, in bytes.
+        type: int
+        default: 1024
+      free_space_margin:
+        description:
+          - Space that must stay free on the release's file system once the artifact is unpacked, so that the
+            running application never finds its disk full.
+        type: bytes
+        default: 256M
   shared_paths:
     description:
       - Paths relative to the release that are replaced by relative symlinks to C(shared/<path>), so that data,
@@ -193,6 +237,18 @@ EXAMPLES = r"""
     aws_secret_key: "{{ vault_s3_secret_key }}"
     metadata:
       schema_version: 3.2.0-r2
+
+- name: Prepare a release whose wheelhouse is larger than the default limits allow
+  unistra.itop.release:
+    root: /srv/hub
+    operation: prepare
+    release: 2026.11.28-1
+    artifacts:
+      - uri: https://artifacts.example.org/hub/hub-2026.11.28-1-wheels.tar.gz
+        sha256: 9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b
+    unpack_limits:
+      max_bytes: 8G
+      max_member_bytes: 3G
 
 - name: Switch to it
   unistra.itop.release:
@@ -386,6 +442,18 @@ from ansible_collections.unistra.itop.plugins.module_utils.release import (
     ReleaseManager,
 )
 from ansible_collections.unistra.itop.plugins.module_utils.rules import MissingLibraryError, ReleaseError
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import UnpackLimits
+
+# unpack_limits suboptions: (name, argument type); defaults come from UnpackLimits, the one place they are defined.
+UNPACK_LIMIT_TYPES = (
+    ("max_bytes", "bytes"),
+    ("max_members", "int"),
+    ("max_member_bytes", "bytes"),
+    ("max_ratio", "int"),
+    ("ratio_threshold", "bytes"),
+    ("max_link_target", "int"),
+    ("free_space_margin", "bytes"),
+)
 
 
 def argument_spec():
@@ -402,6 +470,11 @@ def argument_spec():
                 dest=dict(type="str", default=""),
                 subdir=dict(type="str", default=""),
             ),
+        ),
+        unpack_limits=dict(
+            type="dict",
+            apply_defaults=True,
+            options={name: dict(type=kind, default=getattr(UnpackLimits, name)) for name, kind in UNPACK_LIMIT_TYPES},
         ),
         shared_paths=dict(type="list", elements="str", default=[]),
         owner=dict(type="str"),
@@ -446,6 +519,7 @@ def prepare(manager, params):
         validate_certs=params["validate_certs"],
         metadata=params["metadata"],
         http_open=http_open,
+        limits=UnpackLimits(**params["unpack_limits"]),
     )
 
 
