@@ -131,28 +131,29 @@ def test_unpack_limits_reach_prepare_with_defaults_for_the_rest(
     assert seen == [UnpackLimits(max_ratio=500, max_bytes=8 * 1024**3), UnpackLimits()]
 
 
-def test_an_archive_over_the_limits_fails_with_the_option_to_raise(
-    sample: Callable[[str], dict[str, str]], root: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_members": 3}, "more than 3 members (unpack_limits.max_members)"),
+        ({"max_bytes": "10"}, "more than 10 bytes of files (unpack_limits.max_bytes)"),
+        ({"max_ratio": 0}, "unpack_limits.max_ratio must be an integer of at least 1"),
+        ({"max_bytes": "lots"}, "max_bytes"),
+    ],
+    ids=["over-max-members", "over-max-bytes", "invalid-ratio", "invalid-size"],
+)
+def test_limits_refuse_with_the_option_to_change(  # noqa: PLR0917 -- pytest injects fixtures by position
+    limits: dict[str, Any],
+    message: str,
+    sample: Callable[[str], dict[str, str]],
+    root: Path,
+    cache_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = {"root": str(root), "operation": "prepare", "release": "r1", "cache_dir": str(cache_dir)}
-    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_members": 3}}, capsys)
+    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": limits}, capsys)
     assert result["failed"] is True
-    assert "more than 3 members (unpack_limits.max_members)" in result["msg"]
-    assert os.listdir(root / "releases") == []
-    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_bytes": "10"}}, capsys)
-    assert "more than 10 bytes of files (unpack_limits.max_bytes)" in result["msg"]
-
-
-def test_an_invalid_limit_is_a_clear_error(
-    sample: Callable[[str], dict[str, str]], root: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = {"root": str(root), "operation": "prepare", "release": "r1", "cache_dir": str(cache_dir)}
-    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_ratio": 0}}, capsys)
-    assert result["failed"] is True
-    assert "unpack_limits.max_ratio must be an integer of at least 1" in result["msg"]
-    result = _run({**args, "artifacts": [sample("r1")], "unpack_limits": {"max_bytes": "lots"}}, capsys)
-    assert result["failed"] is True
-    assert "max_bytes" in result["msg"]
+    assert message in result["msg"]
+    assert not (root / "releases").exists() or os.listdir(root / "releases") == []
 
 
 def test_documented_unpack_limits_are_the_engine_defaults() -> None:
