@@ -51,6 +51,7 @@ from ansible_collections.unistra.itop.plugins.module_utils.artifacts import (
     S3Settings,
     check_source,
 )
+from ansible_collections.unistra.itop.plugins.module_utils.db_rollback import plan_rollback, schema_stale_after_restore
 from ansible_collections.unistra.itop.plugins.module_utils.fsutil import (
     TMP_PREFIX,
     chown_tree,
@@ -89,7 +90,18 @@ RECOVERED = "recovered"
 ORPHANED_LOCK = "orphaned_lock_id"
 _INTENT_OPS = ("prepare", "activate", "rollback", "prune", "lock", "unlock")
 
-OPERATIONS = ("prepare", "activate", "rollback", "prune", "info", "lock", "unlock", "mark_failed")
+OPERATIONS = (
+    "prepare",
+    "activate",
+    "rollback",
+    "plan_rollback",
+    "annotate",
+    "prune",
+    "info",
+    "lock",
+    "unlock",
+    "mark_failed",
+)
 STATE_PREPARED = "prepared"
 STATE_ACTIVE = "active"
 STATE_INACTIVE = "inactive"
@@ -390,6 +402,13 @@ class ReleaseManager:
             if isinstance(left, dict):
                 left["state"] = STATE_BAD
                 left["bad_reason"] = intent.get("bad_reason") or f"rolled back to {rid}"
+        for stale_id in intent.get("schema_stale") or ():
+            stale = journal["releases"].get(stale_id)
+            if isinstance(stale, dict) and stale_id != rid:
+                if stale.get("state") != STATE_FAILED:
+                    stale["state"] = STATE_BAD
+                stale["schema_stale"] = True
+                stale["bad_reason"] = f"its database schema was removed when {rid}'s database was restored"
         if recovered:
             journal[RECOVERED] = {"op": intent["op"], "release": rid, "from": previous}
         state.current = rid
@@ -639,6 +658,8 @@ class ReleaseManager:
             return "new"
         if record.get("state") == STATE_FAILED:
             return "redo"  # a failed release never served: it may be rebuilt, even from other artifacts
+        if record.get("schema_stale"):
+            return "redo"  # built against a schema a restore removed: rebuilt from scratch, its setup runs again
         if record.get("fingerprint") != fingerprint:
             raise ReleaseError(
                 f"release {rid} is already prepared with other artifacts (different sha256/dest/subdir): releases "
@@ -732,8 +753,15 @@ class ReleaseManager:
                 state, True, f"release {rid} {verb} (was {previous})", release=rid, path=self.release_path(rid)
             )
 
-    def rollback(self, release: str | None = None, *, reason: str | None = None) -> dict[str, Any]:
-        """Go back to ``release`` or to the previous good release; the release left is marked bad."""
+    def rollback(
+        self, release: str | None = None, *, reason: str | None = None, restored_db: bool = False
+    ) -> dict[str, Any]:
+        """Go back to ``release`` or to the previous good release; the release left is marked bad.
+
+        ``restored_db``: the caller restored the target's database (the dump of :meth:`plan_rollback`) before this
+        switch; the releases built against the schemas that restore removed can then come back only through a fresh
+        prepare (they are marked ``schema_stale``).
+        """
         with self._guarded(write=True) as state:
             current = state.current
             recovered = self._consume_recovered(state)
@@ -755,25 +783,14 @@ class ReleaseManager:
                     release=current,
                     path=self.release_path(current),
                 )
-            if release:
-                rid = validate_release_id(release)
-                if rid == current:
-                    return self._result(
-                        state, False, f"release {rid} is already current", release=rid, path=self.release_path(rid)
-                    )
-                record = self._activatable(state, rid, force=True)
-            else:
-                if current is None:
-                    raise ReleaseError(f"nothing to roll back in {self.root}: no release is current")
-                target = self._rollback_target(state)
-                if target is None:
-                    raise ReleaseError(
-                        f"no release to roll back to in {self.root}: no release activated before {current} is still "
-                        "present and not marked bad or failed; name one with release=<id>"
-                    )
-                rid = target
-                record = self._activatable(state, rid, force=True)
-            del record  # only validated here
+            rid = self._pick_rollback_target(state, release)
+            if rid == current:
+                return self._result(
+                    state, False, f"release {rid} is already current", release=rid, path=self.release_path(rid)
+                )
+            stale = (
+                schema_stale_after_restore(state.journal["releases"], current, rid) if restored_db and current else []
+            )
             self._switch(
                 state,
                 {
@@ -782,6 +799,8 @@ class ReleaseManager:
                     "from": current,
                     "reason": reason,
                     "bad_reason": reason or f"rolled back to {rid}",
+                    "restored_db": restored_db or None,
+                    "schema_stale": stale,
                 },
             )
             self._save(state)
@@ -790,10 +809,71 @@ class ReleaseManager:
                 state, True, f"{verb} from {current} to {rid}", release=rid, path=self.release_path(rid)
             )
 
+    def _pick_rollback_target(self, state: _State, release: str | None) -> str:
+        """``release`` if given (validated), else the previous good release; it must be activatable."""
+        if release:
+            rid = validate_release_id(release)
+            if rid == state.current:
+                return rid
+        else:
+            if state.current is None:
+                raise ReleaseError(f"nothing to roll back in {self.root}: no release is current")
+            target = self._rollback_target(state)
+            if target is None:
+                raise ReleaseError(
+                    f"no release to roll back to in {self.root}: no release activated before {state.current} is "
+                    "still present and not marked bad or failed; name one with release=<id>"
+                )
+            rid = target
+        self._activatable(state, rid, force=True)
+        return rid
+
+    def plan_rollback(self, release: str | None = None, *, restore_db: bool = False) -> dict[str, Any]:
+        """Where a rollback would go and what it needs from the database (``plan``); changes nothing.
+
+        The plan (:func:`db_rollback.plan_rollback`): ``action`` none | switch | restore | refuse, ``target``,
+        ``schema_from``/``schema_to``, ``restore_via`` and ``dump`` (the dump that restores the target's database),
+        ``reason`` when refused. A refused plan is not an error here: the caller decides how to fail.
+        """
+        with self._guarded(write=False) as state:
+            rid = self._pick_rollback_target(state, release)
+            plan = plan_rollback(state.journal["releases"], state.current, rid, restore_db=restore_db)
+            return self._result(
+                state,
+                False,
+                plan.reason or f"rollback to {rid}: {plan.action}",
+                release=rid,
+                path=self.release_path(rid),
+                plan=plan.as_dict(),
+            )
+
+    def annotate(self, release: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Merge ``metadata`` into a journaled release's record (what a hook learnt: schema, dump), nothing else."""
+        rid = validate_release_id(release)
+        if not isinstance(metadata, Mapping) or not metadata:
+            raise ReleaseError("annotate needs metadata: a non-empty dict to merge into the release's record")
+        with self._guarded(write=True) as state:
+            record = self._record(state, rid)
+            if record is None:
+                raise ReleaseError(f"release {rid} is not in the journal of {self.root}: prepare it first")
+            changed = self._merge_metadata(record, metadata)
+            if changed:
+                self._event(state, "annotate", release=rid, keys=sorted(metadata))
+                self._save(state)
+            msg = f"release {rid} metadata " + ("updated" if changed else "already up to date")
+            return self._result(state, changed, msg, release=rid, path=self.release_path(rid))
+
     def _activatable(self, state: _State, rid: str, *, force: bool) -> dict[str, Any]:
         record = self._record(state, rid)
         if record is None or not os.path.isdir(self.release_path(rid)):
             raise ReleaseError(f"release {rid} is not prepared in {self.root}: run operation=prepare first")
+        if record.get("schema_stale"):
+            # Not even with force: its code was built against a database schema that no longer exists.
+            raise ReleaseError(
+                f"release {rid} cannot come back as it is: {record.get('bad_reason', 'its schema was removed')}. "
+                "Prepare it again (the installer or the migrations run again against the current database), then "
+                "activate it; force does not override this"
+            )
         status = record.get("state")
         if status == STATE_FAILED:
             raise ReleaseError(
