@@ -20,9 +20,17 @@ description:
     named one; the release left is marked bad.
   - O(operation=prune) keeps O(keep) activated releases (by last activation in the journal) and always the current and
     previous ones; never-activated failed releases are removed and do not count.
+  - O(operation=plan_rollback) says where a rollback goes and what it needs from the database in RV(plan). That is
+    the same schema on both sides, a dump to restore (found by walking back the upgrade chain of the journal's
+    metadata), or a refusal with its reason. It never changes anything.
+  - O(operation=annotate) merges O(metadata) into a release's journal record, for what an application hook learnt
+    (the schema it installed, the dump it took).
   - O(operation=lock) and O(operation=unlock) manage a leased deployment lock; an expired lock may be taken over and
     the takeover is recorded in the journal.
   - Every read-modify-write of the journal and the lock happens under C(flock) on C(<root>/.journal.lock).
+  - Crash safe. A change that takes several steps on disk is announced in the journal first; a run killed at any
+    point is completed or forgotten by the next operation, as the disk says (RV(recovered)), so that C(current)
+    always names a complete release and running the same task again does what was asked.
 author:
   - Université de Strasbourg, DNUM (@unistra)
 requirements:
@@ -50,13 +58,14 @@ options:
     description: The step to run.
     type: str
     required: true
-    choices: [prepare, activate, rollback, prune, info, lock, unlock, mark_failed]
+    choices: [prepare, activate, rollback, plan_rollback, annotate, prune, info, lock, unlock, mark_failed]
   release:
     description:
       - The release id, 1 to 64 characters among letters, digits, C(.), C(_), C(-), starting with a letter or a digit;
         C(current), C(shared) and C(releases) are reserved.
-      - Required by O(operation=prepare), O(operation=activate) and O(operation=mark_failed).
-      - With O(operation=rollback), the release to go back to (default is the previous good release from the journal).
+      - Required by O(operation=prepare), O(operation=activate), O(operation=annotate) and O(operation=mark_failed).
+      - With O(operation=rollback) and O(operation=plan_rollback), the release to go back to (default is the previous
+        good release from the journal).
     type: str
   artifacts:
     description:
@@ -171,7 +180,8 @@ options:
   metadata:
     description:
       - "Merged into the release's journal record, for example C({schema_version: 3.2.0-r2})."
-      - Used by O(operation=prepare) and O(operation=activate).
+      - Used by O(operation=prepare), O(operation=activate) and O(operation=annotate) (required there).
+      - The database-aware rollback reads C(schema_version), C(upgraded_from) and C(db_dump) from it.
     type: dict
   keep:
     description: Activated releases kept by O(operation=prune); the current and previous releases are always kept.
@@ -195,15 +205,28 @@ options:
       - O(operation=unlock) releases the lock held with this token (or, without a token, the one held by O(owner_name)).
       - Given to any other changing operation, that operation is refused while a live lock with another token is held.
     type: str
+  restore_db:
+    description:
+      - With O(operation=plan_rollback), the operator allows restoring the database when the schema differs; without
+        it such a rollback is planned as refused.
+    type: bool
+    default: false
+  restored_db:
+    description:
+      - With O(operation=rollback), the caller restored the target's database (the dump of the plan) for this
+        rollback. The releases built against the schemas that restore removed are marked C(schema_stale); they can
+        come back only through a new O(operation=prepare), never by activate, even with O(force).
+    type: bool
+    default: false
   force:
     description:
       - With O(operation=lock) or O(operation=unlock), take over or release a lock held by someone else (recorded).
-      - With O(operation=activate), activate a release marked bad.
+      - With O(operation=activate), activate a release marked bad (not one marked C(schema_stale)).
     type: bool
     default: false
 notes:
-  - O(operation=rollback) without O(release) moves one step back each time it runs; name the target for an idempotent
-    rollback.
+  - O(operation=rollback) without O(release) moves one step back each time it runs (except the retry of a rollback
+    killed after its switch, which the recovery completes); name the target for an idempotent rollback.
   - Prune never removes the current release, the previous one (RV(previous)) nor the one a rollback would go to
     (RV(rollback_target)).
 """
@@ -267,6 +290,23 @@ EXAMPLES = r"""
     root: /srv/itop
     operation: rollback
     release: 2026.11.20-3
+
+- name: Plan a rollback; the application role restores the dump when the plan says so
+  unistra.itop.release:
+    root: /srv/itop
+    operation: plan_rollback
+    restore_db: "{{ restore_db | default(false) }}"
+  register: itop_rollback_plan
+
+- name: Record what the installer did
+  unistra.itop.release:
+    root: /srv/itop
+    operation: annotate
+    release: 2026.11.28-1
+    metadata:
+      schema_version: 3.2.0-r2
+      upgraded_from: 2026.11.20-3
+      db_dump: /srv/itop/shared/backups/2026.11.28-1.sql.gz
 
 - name: Keep three activated releases
   unistra.itop.release:
@@ -408,6 +448,58 @@ removed_cache:
   type: list
   elements: str
   sample: [5f0c6f9c2b2a41d1c0b8fa2b1a0c3a4e9d1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f]
+removed_unjournaled:
+  description: Release directories unknown to the journal (made by hand, or left by an older version), removed by prune.
+  returned: when O(operation=prune)
+  type: list
+  elements: str
+  sample: [2026.11.27-9]
+recovered:
+  description:
+    - What the recovery of a killed run did before this operation, each C({op, release, outcome}) with C(outcome)
+      C(completed) (the change had reached the disk and is now recorded) or C(abandoned) (it had not; its leftovers
+      were removed). Empty when no run was interrupted.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{op: rollback, release: 2026.11.20-3, outcome: completed}]
+plan:
+  description: The database side of the rollback, from O(operation=plan_rollback).
+  returned: when O(operation=plan_rollback)
+  type: dict
+  contains:
+    action:
+      description:
+        - C(none) (the target is current), C(switch) (same schema), C(restore) (restore RV(plan.dump) first) or
+          C(refuse) (see RV(plan.reason)).
+      type: str
+    target:
+      description: The release the rollback goes to.
+      type: str
+    current:
+      description: The current release.
+      type: str
+    schema_from:
+      description: The schema of the current release, or null.
+      type: str
+    schema_to:
+      description: The schema of the target, or null.
+      type: str
+    schema_changes:
+      description: Whether they differ.
+      type: bool
+    restore_via:
+      description: The release whose upgrade started from the target; the dump taken before it restores the target.
+      type: str
+    dump:
+      description: That dump.
+      type: str
+    reason:
+      description: Why the rollback is refused, and what to do.
+      type: str
+  sample: {action: restore, target: 2026.11.20-3, current: 2026.11.28-1, schema_from: 9f1c, schema_to: 2b7a,
+           schema_changes: true, restore_via: 2026.11.28-1, dump: /srv/itop/shared/backups/2026.11.28-1.sql.gz,
+           reason: ""}
 artifacts:
   description:
     - The artifacts fetched by prepare, with C(downloaded) false when the cache already held them.
@@ -493,6 +585,8 @@ def argument_spec():
         lease=dict(type="int", default=DEFAULT_LEASE),
         lock_id=dict(type="str", no_log=False),
         force=dict(type="bool", default=False),
+        restore_db=dict(type="bool", default=False),
+        restored_db=dict(type="bool", default=False),
     )
 
 
@@ -526,7 +620,9 @@ def prepare(manager, params):
 OPERATION_HANDLERS = {
     "prepare": prepare,
     "activate": lambda m, p: m.activate(p["release"], metadata=p["metadata"], force=p["force"]),
-    "rollback": lambda m, p: m.rollback(p["release"], reason=p["reason"]),
+    "rollback": lambda m, p: m.rollback(p["release"], reason=p["reason"], restored_db=p["restored_db"]),
+    "plan_rollback": lambda m, p: m.plan_rollback(p["release"], restore_db=p["restore_db"]),
+    "annotate": lambda m, p: m.annotate(p["release"], p["metadata"]),
     "prune": lambda m, p: m.prune(p["keep"], cache_dir=p["cache_dir"]),
     "mark_failed": lambda m, p: m.mark_failed(p["release"], reason=p["reason"]),
     "lock": lambda m, p: m.lock(reason=p["reason"], lease=p["lease"], lock_id=p["lock_id"], force=p["force"]),
@@ -543,6 +639,7 @@ def main():
             ("operation", "prepare", ("release", "artifacts")),
             ("operation", "activate", ("release",)),
             ("operation", "mark_failed", ("release",)),
+            ("operation", "annotate", ("release", "metadata")),
         ],
     )
     params = module.params
