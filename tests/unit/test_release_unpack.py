@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ansible_collections.unistra.itop.plugins.module_utils import unpack
 from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
 from ansible_collections.unistra.itop.plugins.module_utils.rules import ReleaseError
-from ansible_collections.unistra.itop.plugins.module_utils.unpack import unpack_archive
+from ansible_collections.unistra.itop.plugins.module_utils.unpack import UnpackLimits, unpack_archive
 
 HOSTILE_TARS = {
     "absolute": lambda b: [b.file("/tmp/unistra-itop-test-pwned")],
@@ -189,3 +192,125 @@ def test_not_an_archive(tmp_path: Path) -> None:
     path.write_bytes(b"this is not an archive at all")
     with pytest.raises(ReleaseError, match="neither a tar nor a zip"):
         unpack_archive(str(path), str(tmp_path / "out"))
+
+
+def test_links_of_two_artifacts_escaping_together_are_refused_naming_both(
+    build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path, sample: Callable[[str], dict[str, str]]
+) -> None:
+    """The core's link is dangling and lexically inside; the extension's link points to itself. Each passes its own
+    artifact's checks; together 'cfg' resolves to /etc. The whole release is checked once both are in place."""
+    hops = 30
+    core = build.tar(
+        artifacts_dir / "core.tar.gz", [build.symlink("cfg", "ext/" + "l/" * hops + "../" * hops + "../etc")]
+    )
+    ext = build.tar(artifacts_dir / "ext.tar", [build.symlink("l", ".")], "")
+    manager = ReleaseManager(str(root), owner_name="tester")
+    manager.prepare("r0", [sample("r0")], cache_dir=str(cache_dir))
+    journal = (root / ".journal.json").read_bytes()
+    with pytest.raises(ReleaseError) as refused:
+        manager.prepare("r1", [build.artifact(core), build.artifact(ext, dest="ext")], cache_dir=str(cache_dir))
+    message = str(refused.value)
+    assert "symlink 'cfg' (from file://" in message
+    assert "resolves outside the release, to /etc" in message
+    assert "'ext/l' -> '.'" in message
+    assert str(core) in message and str(ext) in message
+    assert os.listdir(root / "releases") == ["r0"]
+    assert (root / ".journal.json").read_bytes() == journal
+
+
+def test_shared_links_made_after_the_check_may_leave_the_release(
+    build: SimpleNamespace, artifacts_dir: Path, root: Path, cache_dir: Path
+) -> None:
+    """shared_paths point to ../../shared by design: they are made after the release's links are checked."""
+    core = build.tar(artifacts_dir / "core.tar.gz", [build.directory("conf"), build.file("conf/app.ini", b"a=1")])
+    manager = ReleaseManager(str(root), owner_name="tester")
+    manager.prepare("r1", [build.artifact(core)], shared_paths=["conf"], cache_dir=str(cache_dir))
+    assert os.readlink(root / "releases/r1/conf") == "../../shared/conf"
+
+
+def test_free_space_is_checked_before_anything_is_written(
+    build: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = build.tar(tmp_path / "a.tar.gz", [build.file("big.bin", b"b" * 100_000)])
+    # 64 free blocks of 4 KiB: 256 KiB, less than the 100 KB file plus the 256 MiB default margin
+    monkeypatch.setattr(
+        os, "statvfs", lambda _path: os.statvfs_result((4096, 4096, 1000, 64, 64, 100, 100, 100, 0, 255))
+    )
+    target = tmp_path / "out"
+    with pytest.raises(
+        ReleaseError, match=r"not enough free space .* must stay free \(unpack_limits.free_space_margin\)"
+    ):
+        unpack_archive(str(path), str(target))
+    assert not target.exists()
+    unpack_archive(str(path), str(target), limits=UnpackLimits(free_space_margin=0))
+    assert (target / "big.bin").stat().st_size == 100_000
+
+
+def test_free_inodes_are_checked_before_anything_is_written(
+    build: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = build.tar(tmp_path / "a.tar", [build.file(f"f{i}") for i in range(5)], "")
+    free = os.statvfs_result((4096, 4096, 10**9, 10**9, 10**9, 100, 3, 3, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda _path: free)
+    with pytest.raises(ReleaseError, match="not enough free inodes"):
+        unpack_archive(str(path), str(tmp_path / "out"))
+
+
+def test_bytes_written_are_counted_whatever_the_headers_say(tmp_path: Path) -> None:
+    """The standard readers stop at the declared size; the copy does not rely on it: it refuses a member that yields
+    more than its header declares, and stops the artifact as soon as the bytes written pass the cap."""
+    tally = unpack._Tally(UnpackLimits(max_bytes=10, ratio_threshold=10), 1, "forged.zip")
+    lying = unpack._Entry("a", unpack.KIND_FILE, 0o644, 0.0, size=4)
+    with pytest.raises(ReleaseError, match="holds more data than the 4 bytes its header declares"):
+        unpack._copy_member(io.BytesIO(b"x" * 1000), io.BytesIO(), lying, tally)
+    honest = unpack._Entry("b", unpack.KIND_FILE, 0o644, 0.0, size=8)
+    out = io.BytesIO()
+    unpack._copy_member(io.BytesIO(b"y" * 8), out, honest, tally)
+    with pytest.raises(ReleaseError, match="writes more than 10 bytes of files"):
+        unpack._copy_member(io.BytesIO(b"z" * 8), out, honest, tally)
+    assert out.getvalue() == b"y" * 8  # the chunk that would pass the cap is never written
+    short = unpack._Entry("c", unpack.KIND_FILE, 0o644, 0.0, size=8)
+    with pytest.raises(ReleaseError, match="holds 2 bytes, its header declares 8"):
+        unpack._copy_member(io.BytesIO(b"zz"), io.BytesIO(), short, unpack._Tally(UnpackLimits(), 1, "short.tar"))
+
+
+def test_a_small_archive_of_repetitive_text_passes_below_the_ratio_threshold(
+    build: SimpleNamespace, tmp_path: Path
+) -> None:
+    path = build.tar(tmp_path / "text.tar.xz", [build.file("app/log.txt", b"INFO all is well\n" * 200_000)], "xz")
+    assert (200_000 * 17) / path.stat().st_size > 200  # over the default ratio, but only 3.4 MB
+    unpack_archive(str(path), str(tmp_path / "out"))
+    assert (tmp_path / "out/app/log.txt").stat().st_size == 200_000 * 17
+    with pytest.raises(ReleaseError, match="times its own size"):
+        unpack_archive(str(path), str(tmp_path / "out2"), limits=UnpackLimits(ratio_threshold=0))
+
+
+def test_release_tree_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    (tmp_path / "secret").write_bytes(b"s")
+    os.link(tmp_path / "secret", release / "copy")
+    with pytest.raises(ReleaseError, match="'copy' is a hard link to a file outside the release"):
+        unpack.check_release_tree(str(release), {})
+    os.unlink(tmp_path / "secret")
+    unpack.check_release_tree(str(release), {})  # both names now inside: fine
+
+
+def test_release_tree_refuses_what_is_not_a_file_dir_or_link(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    os.mkfifo(release / "pipe")
+    with pytest.raises(ReleaseError, match="'pipe' is neither a file, a directory nor a symlink"):
+        unpack.check_release_tree(str(release), {})
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_damaged_stream_is_a_release_error_naming_the_artifact(
+    compression: str, build: SimpleNamespace, tmp_path: Path
+) -> None:
+    path = build.tar(tmp_path / f"a.tar.{compression}", [build.file("f.bin", os.urandom(100_000))], compression)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match=r"archive https://artifacts/a is corrupt or truncated"):
+        unpack_archive(str(path), str(tmp_path / "out"), label="https://artifacts/a")

@@ -694,7 +694,7 @@ def check_release_tree(release_dir: str, made_by: Mapping[str, str]) -> None:
 
 
 def _escape(release_dir: str, rel: str, real: str, made_by: Mapping[str, str]) -> ReleaseError:
-    via = _links_followed(release_dir, rel)
+    via = list(dict.fromkeys(_links_followed(release_dir, rel)))  # a link followed many times is named once
     chain = ", ".join(f"{link!r} -> {os.readlink(os.path.join(release_dir, link))!r}" for link in via)
     artifacts = sorted({made_by.get(link, "?") for link in via})
     return ReleaseError(
