@@ -35,8 +35,20 @@ class Context:
 
     @property
     def store(self) -> Store:
+        """The state store; on opening, locks whose itopctl died on this host are found stale (their deployments
+        recorded as abandoned) and secrets directories that such an itopctl left are removed."""
         if self._store is None:
+            from .runner import default_secrets_base, sweep_secrets  # noqa: PLC0415 - cheap, no ansible import
+
             self._store = Store.open(str(self.settings.state_url))
+            sweep_secrets(default_secrets_base(self.environ))
+            for lock in self._store.reap_dead_holders(utcnow(), by=self.user):
+                holder = lock.holder.describe() if lock.holder else "?"
+                print(
+                    f"itopctl: deployment #{lock.deployment_id} on {lock.stage} ({lock.reason}, by {lock.owner}) was "
+                    f"abandoned: its itopctl ({holder}) is gone; its lock is released (see `itopctl status`)",
+                    file=self.err,
+                )
         return self._store
 
     @property
@@ -198,7 +210,7 @@ def _print_outcome(ctx: Context, args: argparse.Namespace, outcome: Any) -> int:
     else:
         for gate in outcome.gates:
             ctx.print(f"gate {gate.gate}: {'ok' if gate.ok else 'BLOCKED'} - {gate.detail}")
-        label = {"succeeded": "done", "nothing_to_do": "nothing to do", "ready": "ready"}.get(
+        label = {"succeeded": "done", "nothing_to_do": "nothing to do", "ready": "ready", "lock_lost": "STOPPED"}.get(
             outcome.status, outcome.status.upper()
         )
         dep = f" (deployment #{outcome.deployment.id})" if outcome.deployment else ""
@@ -242,7 +254,11 @@ def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
 
 # -- status / history ------------------------------------------------------------------------------------
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
-    names = ctx.pipeline.names
+    if args.stage:
+        ctx.pipeline.stage(args.stage)
+    names = [args.stage] if args.stage else list(ctx.pipeline.names)
+    if args.probe:
+        return _status_probe(ctx, args, names)
     states = ctx.store.stage_states()
     locks = ctx.store.locks()
     now = utcnow()
@@ -282,6 +298,45 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             ["stage", "current", "previous", "when", "who", "health", "lock"],
         )
     )  # fmt: skip
+    return ExitCode.OK
+
+
+def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) -> int:
+    """``status --probe``: the recorded state next to what the hosts say (the release engine's info)."""
+    from .probe import probe_stage  # noqa: PLC0415 - runs a playbook: only when asked
+
+    states = ctx.store.stage_states()
+    runner = ctx.orchestrator(with_runner=True).runner
+    probes = [probe_stage(runner, ctx.pipeline, ctx.pipeline.stage(name)) for name in names]
+    if args.json:
+        ctx.json(
+            [
+                {
+                    "stage": p.stage,
+                    "recorded": states.get(p.stage),
+                    "consistent": p.consistent,
+                    "releases": p.releases,
+                    "summary": p.summary,
+                    "hosts": p.hosts,
+                    "unreachable": p.unreachable,
+                    "run": p.run,
+                }
+                for p in probes
+            ]
+        )
+        return ExitCode.OK
+    for p in probes:
+        state = states.get(p.stage)
+        recorded = f"{state.current_release} ({state.health})" if state else "never deployed"
+        ctx.print(f"{p.stage}: {p.summary}  [recorded: {recorded}]")
+        ctx.print(
+            table(
+                [[h.host, h.app, h.current, h.previous, h.lock, h.error] for h in p.hosts]
+                + [[host, "", "UNREACHABLE", "", "", ""] for host in p.unreachable],
+                ["host", "app", "current", "previous", "host lock", "error"],
+            )
+        )
+        ctx.print()
     return ExitCode.OK
 
 
@@ -485,7 +540,13 @@ def _deploy_commands(add: Adder) -> None:
     p.add_argument("--to", metavar="ID")
     p.add_argument("--restore-db", action="store_true", help="restore the database dump across a schema change")
 
-    add("status", cmd_status, "stages x current, previous, when, who, health, lock")
+    p = add("status", cmd_status, "stages x current, previous, when, who, health, lock")
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask the hosts what they run (the release engine's info on each of the stage's release_roots)",
+    )
     p = add("history", cmd_history, "deployments, newest first")
     p.add_argument("--stage")
     p.add_argument("--release")

@@ -2,7 +2,13 @@
 
 A promotion is two-phase: ``prepare`` on every host (nothing switched if it fails), then ``switch`` in batches of
 ``batch_size`` hosts, then ``verify``. A failure after the first host switched is undone by :func:`undo_switch`
-when the stage has ``auto_rollback``. Ctrl-C is honoured only between phases (never between switch batches).
+when the stage has ``auto_rollback``. Ctrl-C, SIGTERM and SIGHUP are honoured only between phases (never between
+switch batches).
+
+The stage lock is held for the whole deployment and renewed by a heartbeat (:mod:`itopctl.lease`); before every
+playbook run and every record written the deployment checks the lock is still its own (fencing) and stops with
+exit code 6 (``LOCK_LOST``) when it was taken over. The stage's state and gates are read again once the lock is
+held: what was read before may have been changed by a deployment that ran in between.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import faults
 from .errors import ExitCode, ItopctlError, bad_input, refused
+from .lease import HeldLock
 from .pipeline import Pipeline, Stage
 from .runner import ConsoleDisplay, Display, PhaseInterrupt, PlaybookRunner, RunResult
 from .sentry import record_deploy
-from .store import DeploymentRecord, LockHandle, ReleaseRecord, Store, parse_iso, utcnow
+from .store import DeploymentRecord, LockLost, ReleaseRecord, StageState, Store, parse_iso, utcnow
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class GateCheck:
 class Outcome:
     """The result of promote/rollback, as printed (``--json`` prints it as is)."""
 
-    status: str  # succeeded | failed | rolled_back | interrupted | nothing_to_do | ready
+    status: str  # succeeded | failed | rolled_back | interrupted | lock_lost | nothing_to_do | ready
     message: str
     exit_code: ExitCode
     deployment: DeploymentRecord | None = None
@@ -68,6 +76,8 @@ def undo_switch(
     ledger = SwitchLedger()
     try:
         yield ledger
+    except LockLost:
+        raise  # the stage is someone else's now: change nothing more, not even to undo
     except BaseException:
         if rollback is not None and ledger.switched:
             ledger.rolled_back = True
@@ -217,6 +227,8 @@ class Orchestrator:
         """A deployment that an unexpected error interrupts is recorded as failed, never left "running"."""
         try:
             yield
+        except LockLost:
+            raise  # recorded by the caller, without touching what the new holder owns
         except BaseException as exc:
             record = self.store.deployment(deployment_id)
             if record.result == "running":
@@ -236,9 +248,20 @@ class Orchestrator:
                 )
             raise
 
+    @contextmanager
+    def _locked(self, stage: Stage, reason: str) -> Iterator[HeldLock]:
+        """The stage lock for one deployment, renewed by a heartbeat while held, given back on the way out."""
+        handle = self.store.acquire_lock(
+            stage.name, owner=self.user, reason=reason, kind="deploy", lease=self.lock_lease, now=self.clock()
+        )
+        with HeldLock(self.store, handle, self.lock_lease, self.clock) as lock:
+            yield lock
+
     # -- promote ---------------------------------------------------------------------------------------
-    def promote(self, release_id: str, stage_name: str, *, check_only: bool = False) -> Outcome:
-        stage = self.pipeline.stage(stage_name)
+    def _promotion_plan(
+        self, release_id: str, stage: Stage
+    ) -> Outcome | tuple[ReleaseRecord, StageState | None, tuple[GateCheck, ...]]:
+        """What a promotion starts from: the release, the stage's state and the gates, all passing (or refused)."""
         release = self.store.require_release(release_id)
         if release.rejected is not None:
             raise refused(
@@ -255,26 +278,41 @@ class Orchestrator:
                 f"promotion of {release.id} to {stage.name} refused by {len(blocked)} gate(s)",
                 [f"{c.gate}: {c.detail}" for c in blocked],
             )
+        return release, state, checks
+
+    def promote(self, release_id: str, stage_name: str, *, check_only: bool = False) -> Outcome:
+        stage = self.pipeline.stage(stage_name)
+        plan = self._promotion_plan(release_id, stage)
+        if isinstance(plan, Outcome):
+            return plan
         self._check_files(stage, ("prepare", "switch", "verify", "rollback"))
         if check_only:
-            return Outcome("ready", f"{release.id} can be promoted to {stage.name}", ExitCode.OK, gates=checks)
+            return Outcome("ready", f"{release_id} can be promoted to {stage.name}", ExitCode.OK, gates=plan[2])
         runner = self._require_runner()
-        now = self.clock()
-        handle = self.store.acquire_lock(
-            stage.name, owner=self.user, reason=f"promote {release.id}", kind="deploy", lease=self.lock_lease, now=now
-        )
-        try:
+        faults.point("before-lock")
+        with self._locked(stage, f"promote {release_id}") as lock:
+            # again, under the lock: a deployment that ran since the first look may have changed the stage
+            plan = self._promotion_plan(release_id, stage)
+            if isinstance(plan, Outcome):
+                return plan
+            release, state, checks = plan
+            # re-promoting what a stopped deployment left unverified: the undo goes to what ran before it
             current = state.current_release if state else None
+            if state is not None and current == release.id:
+                current = state.previous_release
+            now = self.clock()
             deployment_id = self.store.start_deployment(
                 kind="promote", release_id=release.id, stage=stage.name, from_release=current, who=self.user, now=now
             )
-            self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
-            promotion = _Promotion(self, runner, release, stage, current, deployment_id, handle)
-            with promotion.interrupt.installed(), self._closed_on_error(deployment_id):
-                outcome = promotion.run()
+            self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
+            faults.point("locked")
+            promotion = _Promotion(self, runner, release, stage, current, deployment_id, lock)
+            try:
+                with promotion.interrupt.installed(), self._closed_on_error(deployment_id):
+                    outcome = promotion.run()
+            except LockLost as lost:
+                outcome = promotion.lock_lost(lost)
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, checks)
-        finally:
-            self.store.release_handle(handle, self.clock())
 
     # -- rollback --------------------------------------------------------------------------------------
     def rollback_target(self, stage: Stage, current: str) -> str | None:
@@ -294,8 +332,8 @@ class Orchestrator:
                 return candidate
         return None
 
-    def rollback(self, stage_name: str, *, to: str | None = None, restore_db: bool = False) -> Outcome:
-        stage = self.pipeline.stage(stage_name)
+    def _rollback_plan(self, stage: Stage, to: str | None) -> Outcome | tuple[StageState, str]:
+        """The stage's state and the release to go back to (or refused, or nothing to do)."""
         state = self.store.stage_state(stage.name)
         if state is None or state.current_release is None:
             raise bad_input(f"nothing is deployed on {stage.name}: there is nothing to roll back")
@@ -315,16 +353,25 @@ class Orchestrator:
             if found is None:
                 raise refused(f"no earlier good release on {stage.name} to roll back to (it runs {current})")
             target = found
-        if target == current:
+        if target == current and state.health == "healthy":
             return Outcome("nothing_to_do", f"{stage.name} already runs {target}", ExitCode.OK)
-        release = self.store.require_release(target)
+        return state, target
+
+    def rollback(self, stage_name: str, *, to: str | None = None, restore_db: bool = False) -> Outcome:
+        stage = self.pipeline.stage(stage_name)
+        plan = self._rollback_plan(stage, to)
+        if isinstance(plan, Outcome):
+            return plan
         self._check_files(stage, ("rollback", "verify"))
         runner = self._require_runner()
-        now = self.clock()
-        handle = self.store.acquire_lock(
-            stage.name, owner=self.user, reason=f"rollback to {target}", kind="deploy", lease=self.lock_lease, now=now
-        )
-        try:
+        with self._locked(stage, f"rollback to {plan[1]}") as lock:
+            plan = self._rollback_plan(stage, to)  # again under the lock, as for a promotion
+            if isinstance(plan, Outcome):
+                return plan
+            state, target = plan
+            current = state.current_release
+            release = self.store.require_release(target)
+            now = self.clock()
             deployment_id = self.store.start_deployment(
                 kind="rollback",
                 release_id=target,
@@ -334,39 +381,41 @@ class Orchestrator:
                 now=now,
                 restore_db=restore_db,
             )
-            self.store.attach_lock(handle, deployment_id, self.lock_lease, now)
+            self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
             self.store.update_deployment(deployment_id, phase="rollback")
             interrupt = PhaseInterrupt(self.display)
             interrupt.phase = "rollback"
-            # a rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both
-            with interrupt.installed(), self._closed_on_error(deployment_id):
+            runs: list[RunResult] = []
+
+            def play(phase: str, **more: Any) -> RunResult:
+                lock.check()
                 result = runner.run(
-                    phase="rollback",
-                    playbook=stage.playbooks["rollback"],
+                    phase=phase,
+                    playbook=stage.playbooks[phase],
                     inventory=stage.inventory,
-                    extravars=self._extravars(
-                        release,
-                        stage,
-                        deployment_id,
-                        deploy_phase="rollback",
-                        rollback_to=target,
-                        restore_db=restore_db,
-                    ),
+                    extravars=self._extravars(release, stage, deployment_id, deploy_phase=phase, **more),
                     project_dir=self.pipeline.path.parent,
                 )
-                verified: RunResult | None = None
-                if result.ok:
-                    # the operator must know the stage is healthy on the release it went back to, not only switched
-                    self.store.update_deployment(deployment_id, phase="verify")
-                    verified = runner.run(
-                        phase="verify",
-                        playbook=stage.playbooks["verify"],
-                        inventory=stage.inventory,
-                        extravars=self._extravars(release, stage, deployment_id, deploy_phase="verify"),
-                        project_dir=self.pipeline.path.parent,
-                    )
+                runs.append(result)
+                return result
+
+            # a rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both
+            try:
+                with interrupt.installed(), self._closed_on_error(deployment_id):
+                    result = play("rollback", rollback_to=target, restore_db=restore_db)
+                    verified: RunResult | None = None
+                    if result.ok:
+                        # the operator must know the stage is healthy on the release it went back to
+                        lock.check()
+                        self.store.update_deployment(deployment_id, phase="verify")
+                        verified = play("verify")
+                    lock.check()
+            except LockLost as lost:
+                return self._lock_lost(
+                    deployment_id, lost, [r.ident for r in runs], runs[0].ok_hosts if runs else [], target, current
+                )
             values: dict[str, Any] = {
-                "runner_idents": [result.ident] + ([verified.ident] if verified else []),
+                "runner_idents": [r.ident for r in runs],
                 "hosts": sorted(result.hosts, key=natural_key),
                 "switched_hosts": result.ok_hosts,
             }
@@ -402,12 +451,51 @@ class Orchestrator:
                 **values,
             )
             return Outcome("failed", record.message, ExitCode.FAILED, record)
-        finally:
-            self.store.release_handle(handle, self.clock())
+
+    def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
+        self,
+        deployment_id: int,
+        lost: LockLost,
+        idents: list[str],
+        switched: list[str],
+        release: str,
+        current: str | None,
+    ) -> Outcome:
+        """Record, on the deployment's own row only, that its lock was taken over and it stopped there.
+
+        The stage's state is marked unknown when hosts were switched, unless the new holder has written it since."""
+        record = self.store.deployment(deployment_id)
+        if switched:
+            done = (
+                f"{len(switched)} host(s) were switched to {release} ({', '.join(switched)}) and stay so: "
+                f"{record.stage} may run mixed releases"
+            )
+        else:
+            done = "no host was switched"
+        message = (
+            f"LOCK LOST during {record.phase}: {lost.message}. This itopctl stopped before changing anything more; "
+            f"{done}. See `itopctl status` and `itopctl locks`, agree with the new holder, then roll back or promote "
+            "again."
+        )
+        state = self.store.stage_state(record.stage)
+        untouched = state is None or state.deployment_id is None or state.deployment_id <= deployment_id
+        health = f"unknown: deployment #{deployment_id} lost its lock during {record.phase} (mixed releases?)"
+        finished = self.store.finish_deployment(
+            deployment_id,
+            result="lock_lost",
+            now=self.clock(),
+            stage_state=(release, current, health) if switched and untouched else None,
+            message=message,
+            runner_idents=idents,
+            switched_hosts=switched,
+        )
+        self.display.message(f"!! {message}")
+        return Outcome("lock_lost", message, ExitCode.LOCK_LOST, finished)
 
 
 class _Promotion:
-    """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes."""
+    """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes, each run and
+    each record only after checking the stage lock is still this promotion's (:meth:`record`, :meth:`play`)."""
 
     def __init__(  # noqa: PLR0917 - an internal value object built in one place
         self,
@@ -417,7 +505,7 @@ class _Promotion:
         stage: Stage,
         current: str | None,
         deployment_id: int,
-        handle: LockHandle,
+        lock: HeldLock,
     ) -> None:
         self.o = orchestrator
         self.store = orchestrator.store
@@ -426,19 +514,26 @@ class _Promotion:
         self.stage = stage
         self.current = current
         self.deployment_id = deployment_id
-        self.handle = handle
+        self.lock = lock
         self.interrupt = PhaseInterrupt(orchestrator.display)
         self.idents: list[str] = []
+        self.switched: list[str] = []
         self.extravars = orchestrator._extravars(release, stage, deployment_id)
 
+    def record(self, **values: Any) -> None:
+        """Write to the deployment's record, if the lock is still ours."""
+        self.lock.check()
+        self.store.update_deployment(self.deployment_id, **values)
+
     def phase(self, name: str, *, record: bool = True) -> None:
-        """Enter a phase: recorded (unless it is the undo of the phase that failed), the lock's lease renewed."""
+        """Enter a phase: recorded (unless it is the undo of the phase that failed)."""
         self.interrupt.phase = name
         if record:
-            self.store.update_deployment(self.deployment_id, phase=name)
-        self.store.attach_lock(self.handle, self.deployment_id, self.o.lock_lease, self.o.clock())
+            self.record(phase=name)
 
     def play(self, phase: str, limit: list[str] | None, **more: Any) -> RunResult:
+        """One playbook run, if the lock is still ours; the caller records what it did."""
+        self.lock.check()
         result = self.runner.run(
             phase=phase,
             playbook=self.stage.playbooks[phase],
@@ -448,21 +543,33 @@ class _Promotion:
             project_dir=self.o.pipeline.path.parent,
         )
         self.idents.append(result.ident)
-        self.store.update_deployment(self.deployment_id, runner_idents=self.idents)
         return result
 
     def finish(
         self, result: str, message: str, code: ExitCode, state: tuple[str | None, str | None, str] | None, **values: Any
     ) -> Outcome:
+        self.lock.check()
+        faults.point("before-record")
         record = self.store.finish_deployment(
-            self.deployment_id, result=result, now=self.o.clock(), stage_state=state, message=message, **values
+            self.deployment_id,
+            result=result,
+            now=self.o.clock(),
+            stage_state=state,
+            message=message,
+            runner_idents=self.idents,
+            **values,
         )
         return Outcome(result, message, code, record)
+
+    def lock_lost(self, lost: LockLost) -> Outcome:
+        return self.o._lock_lost(self.deployment_id, lost, self.idents, self.switched, self.release.id, self.current)
 
     def rollback_switched(self, hosts: list[str]) -> RunResult:
         self.phase("rollback", record=False)  # the record keeps the phase that failed
         assert self.current is not None
-        return self.play("rollback", hosts, rollback_to=self.current, restore_db=False)
+        result = self.play("rollback", hosts, rollback_to=self.current, restore_db=False)
+        self.record(runner_idents=self.idents)
+        return result
 
     def run(self) -> Outcome:
         stage = self.stage
@@ -470,7 +577,8 @@ class _Promotion:
         self.phase("prepare")
         prepared = self.play("prepare", None)
         hosts = sorted(prepared.hosts, key=natural_key)
-        self.store.update_deployment(self.deployment_id, hosts=hosts)
+        self.record(hosts=hosts, runner_idents=self.idents)
+        faults.point("prepared")
         if not prepared.ok:
             where = ", ".join(prepared.failed_hosts) or f"status {prepared.status}, rc {prepared.rc}"
             return self.finish("failed", f"prepare failed ({where}); nothing was switched", ExitCode.FAILED, None)
@@ -494,10 +602,12 @@ class _Promotion:
     def switch_and_verify(self, hosts: list[str], ledger: SwitchLedger) -> Outcome | None:
         """Raise :class:`PhaseFailed` on a failure; return an outcome only when interrupted after the switch."""
         self.phase("switch")
+        ledger.switched = self.switched
         for number, batch in enumerate(batches(hosts, self.stage.batch_size), start=1):
             result = self.play("switch", batch, deploy_batch=number)
-            ledger.switched.extend(batch)
-            self.store.update_deployment(self.deployment_id, switched_hosts=ledger.switched)
+            self.switched.extend(batch)
+            self.record(switched_hosts=self.switched, runner_idents=self.idents)
+            faults.point("switched")
             if not result.ok:
                 failed = ", ".join(result.failed_hosts) or f"status {result.status}"
                 raise PhaseFailed("switch", f"switch failed in batch {number} ({failed})", result)
@@ -510,8 +620,11 @@ class _Promotion:
                 (self.release.id, self.current, "unverified"),
                 switched_hosts=ledger.switched,
             )
+        faults.point("before-verify")
         self.phase("verify")
         verified = self.play("verify", ledger.switched)
+        self.record(runner_idents=self.idents)
+        faults.point("verified")
         if not verified.ok:
             failed = ", ".join(verified.failed_hosts) or f"status {verified.status}"
             raise PhaseFailed("verify", f"verify failed ({failed})", verified)

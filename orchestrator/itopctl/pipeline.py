@@ -23,6 +23,7 @@ Example (every key but ``stages[].name`` is optional; ``defaults`` is inherited 
             - {start: "2026-12-20T00:00:00+01:00", end: "2027-01-04T08:00:00+01:00", reason: winter break}
             - {weekdays: [fri, sat, sun], from: "16:00", to: "23:59", timezone: Europe/Paris}
         sentry: {url: "https://sentry.example.org/", org: unistra, project: itop, token_env: SENTRY_AUTH_TOKEN}
+        release_roots: {itop: /srv/itop, hub: /srv/hub}   # what `itopctl status --probe` reads on each host
 
 Without ``stages`` the pipeline is dev, test, pprd, prod. Validation reports every error with its place.
 
@@ -145,6 +146,7 @@ class Stage:
     gates: Gates = field(default_factory=Gates)
     sentry: SentryConfig | None = None
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    release_roots: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,16 @@ def _sentry(checker: Checker, value: object, path: PathKey) -> SentryConfig | No
     return SentryConfig(url=url, org=org, project=project, token_env=token_env, environment=str(env or ""))
 
 
+def _roots(checker: Checker, value: object, path: PathKey) -> dict[str, str]:
+    """``release_roots``: application name -> its root on the hosts (may use Ansible variables)."""
+    roots: dict[str, str] = {}
+    for name, root in checker.mapping(value, path, None).items():
+        text = checker.string(root, (*path, name))
+        if text:
+            roots[str(name)] = text
+    return roots
+
+
 _STAGE_KEYS = {
     "name",
     "inventory",
@@ -313,6 +325,7 @@ _STAGE_KEYS = {
     "gates",
     "sentry",
     "extra_vars",
+    "release_roots",
 }
 
 
@@ -387,6 +400,7 @@ class _StageReader:
             gates=_gates(checker, *self.pick(raw, where, "gates")),
             sentry=_sentry(checker, *self.pick(raw, where, "sentry")),
             extra_vars=checker.mapping(*self.pick(raw, where, "extra_vars"), None),
+            release_roots=_roots(checker, *self.pick(raw, where, "release_roots")),
         )
 
 

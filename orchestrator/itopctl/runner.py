@@ -5,12 +5,20 @@ What it guarantees (tests/orchestrator/test_itopctl_runner.py checks each):
 - every run gets ``<runs_dir>/<ident>/`` (kept for audit; only the newest ``keep`` are kept);
 - ``suppress_env_files=True``: ansible-runner writes no ``env/`` files, and the child gets only ``ANSIBLE_*``
   variables and the named pass-through ones (read from our own environment), nothing else;
+- no variable whose name says it holds a secret (``ANSIBLE_BECOME_PASS``, ``ANSIBLE_GALAXY_TOKEN``, ``*SECRET*``,
+  ``*_KEY``...; a name ending in ``_FILE``/``_PATH``/``_DIR`` holds a path and is passed) reaches the child's
+  environment, which ansible-runner writes to ``artifacts/<ident>/command``: such a variable is dropped with a
+  warning, except the become password, given to ansible-playbook as ``ansible_become_password`` in the secrets
+  file below;
 - secrets never reach the run directory, not even for a moment: the named secrets (``secret_env``) are not put in
   the child's environment (ansible-runner writes that into ``artifacts/<ident>/command``) but given to
   ansible-playbook as extra vars (``DB_PASSWORD`` -> ``db_password``, tagged ``!unsafe`` so they are never
   templated) from a 0600 file in a fresh 0700 directory on a tmpfs (``/dev/shm``, else ``$XDG_RUNTIME_DIR``, else
   the temp dir), outside the run directory, passed as ``--extra-vars @file`` and deleted as soon as the run ends,
-  whatever the outcome; playbooks keep them out of their output with ``no_log``;
+  whatever the outcome; playbooks keep them out of their output with ``no_log``; the directory's name holds its
+  owner's pid and start time, so one left by a killed itopctl is removed by the next one (:func:`sweep_secrets`);
+- after each run, every file under the run directory is checked for the secret values we know of (named secrets,
+  the become password, dropped variables) and any found is overwritten with ``********`` (with a warning);
 - events go through a queue to a progress display (hosts, current task, changed/failed counts) and to
   ``<runs_dir>/<ident>/events.jsonl``;
 - a run is never cancelled half-way: Ctrl-C is handled by :class:`PhaseInterrupt` between runs.
@@ -22,6 +30,7 @@ import json
 import keyword
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -38,7 +47,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from . import faults
 from .errors import ExitCode, ItopctlError
+from .process import ProcessId, start_time
 
 # Variables ansible-runner itself sets for the child and that must survive our filtering.
 _RUNNER_KEYS = frozenset(
@@ -46,6 +57,12 @@ _RUNNER_KEYS = frozenset(
 )
 # Where the secrets file goes, best first: memory only, then the user's private runtime dir (the temp dir last).
 _TMPFS = "/dev/shm"  # noqa: S108 - a fresh 0700 directory is made in it, the file in that one is 0600
+_SECRETS_DIR = re.compile(r"^itopctl-secrets-(\d+)-([0-9a-z]+)-(\d+)-")  # pid, boot id, start ticks
+# Words in a variable name that say its value is a secret; KEY only at the end (ANSIBLE_HOST_KEY_CHECKING is not).
+_SECRET_WORDS = frozenset({"PASS", "PASSWD", "PASSWORD", "PASSPHRASE", "TOKEN", "SECRET", "CREDENTIAL", "CREDENTIALS"})
+_BECOME_PASS = ("ANSIBLE_BECOME_PASS", "ANSIBLE_BECOME_PASSWORD")
+_SCRUBBED = b"********"
+_MIN_SCRUB = 4  # shorter values would match everywhere; secrets are longer than that
 
 
 @dataclass(frozen=True)
@@ -136,8 +153,11 @@ class ConsoleDisplay:
         self._last = 0.0
 
     def message(self, text: str) -> None:
-        self._clear()
-        print(text, file=self.stream, flush=True)
+        try:
+            self._clear()
+            print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass  # the terminal went away (SIGHUP): a display must never stop a deployment
 
     def _clear(self) -> None:
         if self.live:
@@ -156,8 +176,11 @@ class ConsoleDisplay:
             f"[{progress.phase}] hosts {len(progress.hosts)} | ok {progress.ok} changed {progress.changed} "
             f"failed {progress.failed} | {progress.task}"
         )
-        self.stream.write("\r\x1b[K" + line[:160])
-        self.stream.flush()
+        try:
+            self.stream.write("\r\x1b[K" + line[:160])
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def phase_finished(self, result: RunResult, progress: Progress) -> None:
         state = "ok" if result.ok else f"FAILED ({result.status}, rc {result.rc})"
@@ -232,16 +255,40 @@ class PlaybookRunner:
         self.display: Display = display or NullDisplay()
         self.environ = dict(os.environ if environ is None else environ)
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._warned = False
+        sweep_secrets(self.secrets_base or default_secrets_base(self.environ))
 
     # -- environment and secrets ----------------------------------------------------------------------
     def secret_values(self) -> dict[str, str]:
-        """The named secrets set in our environment, by variable name (``DB_PASSWORD`` -> ``db_password``)."""
-        return {var: self.environ[name] for name, var in self.secret_vars.items() if self.environ.get(name)}
+        """The named secrets set in our environment, by variable name (``DB_PASSWORD`` -> ``db_password``), and
+        the become password as ``ansible_become_password``."""
+        values = {var: self.environ[name] for name, var in self.secret_vars.items() if self.environ.get(name)}
+        become = next((self.environ[n] for n in _BECOME_PASS if self.environ.get(n)), None)
+        if become is not None and "ansible_become_password" not in values:
+            values["ansible_become_password"] = become
+        return values
 
-    def child_environment(self) -> dict[str, str]:
-        """ANSIBLE_*, the pass-through names and the pipeline's environment (:meth:`_runner` drops the secrets)."""
+    def _wanted(self) -> dict[str, str]:
+        """The variables the child would get by name: ANSIBLE_*, the pass-through ones, the pipeline's."""
         env = {k: v for k, v in self.environ.items() if k.startswith("ANSIBLE_") or k in self.passthrough}
         env.update(self.environment)
+        return env
+
+    def dropped_variables(self) -> list[str]:
+        """The variables :meth:`child_environment` leaves out because their names say they hold a secret."""
+        return sorted(k for k in self._wanted() if secret_name(k) and k not in self.secret_names)
+
+    def known_secrets(self) -> list[str]:
+        """Every secret value we know of, to scrub from what ansible-runner writes: named secrets, the become
+        password, and the value of every variable of ours whose name says it is a secret."""
+        values = set(self.secret_values().values())
+        values.update(v for k, v in self.environ.items() if secret_name(k) or k in self.secret_names)
+        return sorted(v for v in values if len(v) >= _MIN_SCRUB)
+
+    def child_environment(self) -> dict[str, str]:
+        """ANSIBLE_*, the pass-through names and the pipeline's environment, without any secret-named variable
+        (nor a named secret: :meth:`_runner` drops those too)."""
+        env = {k: v for k, v in self._wanted().items() if not secret_name(k) and k not in self.secret_names}
         # ansible-playbook next to this Python first, so a venv works without being activated
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p)])
@@ -271,14 +318,19 @@ class PlaybookRunner:
         private = self.runs_dir / ident
         self._events = queue.Queue()  # fresh for each run: nothing left over from a run that failed
         progress = Progress(phase=phase, ident=ident)
+        self._warn_dropped()
         with self._secrets_file(secrets) as secrets_file:
             private.mkdir(parents=True, mode=0o700)
-            runner = self._runner(
-                ident, private, playbook, inventory, extravars, limit, project_dir or playbook.parent, secrets_file
-            )
-            self.display.phase_started(phase, ident, limit)
-            started = time.monotonic()
-            stats = self._drive(runner, private / "events.jsonl", progress)
+            try:
+                runner = self._runner(
+                    ident, private, playbook, inventory, extravars, limit, project_dir or playbook.parent, secrets_file
+                )
+                self.display.phase_started(phase, ident, limit)
+                started = time.monotonic()
+                stats = self._drive(runner, private / "events.jsonl", progress)
+                faults.point(f"in-run-{phase}")
+            finally:
+                self._scrub(private, ident)
         result = RunResult(
             ident=ident,
             phase=phase,
@@ -292,16 +344,61 @@ class PlaybookRunner:
         self.rotate()
         return result
 
+    def _warn_dropped(self) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        for name in self.dropped_variables():
+            if name in _BECOME_PASS:
+                self.display.message(
+                    f"note: {name} reaches ansible-playbook as ansible_become_password in the secrets file, "
+                    "not in its environment (which ansible-runner writes to the run directory)"
+                )
+            else:
+                self.display.message(
+                    f"warning: {name} is not passed to ansible-playbook: its name says it holds a secret, and "
+                    "ansible-runner writes the environment to the run directory; name it in secret_env to get it "
+                    "as an extra var, or give a file instead (e.g. ANSIBLE_VAULT_PASSWORD_FILE)"
+                )
+
+    def _scrub(self, private: Path, ident: str) -> list[Path]:
+        """Overwrite every known secret value found under the run directory (raw or JSON-escaped)."""
+        forms: set[bytes] = set()
+        for value in self.known_secrets():
+            escaped = (json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1])
+            forms.update(form.encode() for form in (value, *escaped))
+        scrubbed: list[Path] = []
+        if not forms:
+            return scrubbed
+        ordered = sorted(forms, key=len, reverse=True)  # the longest first: a value may hold a shorter one
+        for path in (p for p in private.rglob("*") if p.is_file() and not p.is_symlink()):
+            data = path.read_bytes()
+            clean = data
+            for form in ordered:
+                clean = clean.replace(form, _SCRUBBED)
+            if clean != data:
+                path.write_bytes(clean)
+                scrubbed.append(path)
+        if scrubbed:
+            where = ", ".join(str(p.relative_to(private)) for p in scrubbed[:5])
+            self.display.message(
+                f"warning: a secret value was written by the run {ident} (a task printed it?) and was scrubbed "
+                f"from {len(scrubbed)} file(s): {where}; keep secrets in no_log tasks"
+            )
+        return scrubbed
+
     @contextmanager
     def _secrets_file(self, secrets: Mapping[str, str]) -> Iterator[Path | None]:
         """The secrets as an extra-vars file outside the run directory, removed on the way out, come what may."""
         if not secrets:
             yield None
             return
-        base = Path(self.secrets_base or _secrets_base(self.environ) or tempfile.gettempdir())
+        base = Path(self.secrets_base or default_secrets_base(self.environ))
         if base.resolve().is_relative_to(self.runs_dir.resolve()):
             raise ItopctlError(f"secrets must stay out of the runs directory: {base}", ExitCode.BAD_INPUT)
-        directory = Path(tempfile.mkdtemp(prefix="itopctl-secrets-", dir=base))  # mode 0700
+        me = ProcessId.me()
+        owner = f"{me.pid}-{me.started.replace(':', '-')}"  # so a later itopctl knows when its owner is gone
+        directory = Path(tempfile.mkdtemp(prefix=f"itopctl-secrets-{owner}-", dir=base))  # mode 0700
         try:
             path = directory / "secrets.yml"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -347,7 +444,9 @@ class PlaybookRunner:
         config.env = {
             k: v
             for k, v in config.env.items()
-            if (k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS) and k not in self.secret_names
+            if (k in env or k.startswith("ANSIBLE_") or k in _RUNNER_KEYS)
+            and k not in self.secret_names
+            and not secret_name(k)
         }
 
         def on_event(event: dict[str, Any]) -> bool:
@@ -425,6 +524,45 @@ def _secret_var_names(names: Sequence[str]) -> dict[str, str]:
     return variables
 
 
+def secret_name(name: str) -> bool:
+    """``ANSIBLE_BECOME_PASS``, ``ANSIBLE_GALAXY_SERVER_X_TOKEN``, ``AWS_SECRET_ACCESS_KEY``: a name that says its
+    value is a secret. A name ending in ``_FILE``, ``_PATH`` or ``_DIR`` holds a path
+    (``ANSIBLE_VAULT_PASSWORD_FILE``), not the secret."""
+    words = name.upper().split("_")
+    if words[-1] in ("FILE", "PATH", "DIR"):
+        return False
+    return bool(_SECRET_WORDS.intersection(words)) or words[-1] in ("KEY", "PASS")
+
+
+def sweep_secrets(base: Path) -> list[Path]:
+    """Remove the secrets directories in ``base`` whose owner (pid + start time, in the name) is gone: what an
+    itopctl killed with SIGKILL (or by a power cut of a non-tmpfs base) left. Only ours (same uid)."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _SECRETS_DIR.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid, boot, ticks = match.groups()
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if start_time(int(pid)) != f"{boot}:{ticks}":
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def default_secrets_base(environ: Mapping[str, str]) -> Path:
+    """Where secrets directories are made when no base is given: a tmpfs, the runtime dir, else the temp dir."""
+    return Path(_secrets_base(environ) or tempfile.gettempdir())
+
+
 def _secrets_base(environ: Mapping[str, str]) -> str | None:
     """A tmpfs when there is one (the secret never reaches a disk), else the user's runtime dir (None: neither)."""
     for candidate in (_TMPFS, environ.get("XDG_RUNTIME_DIR", "")):
@@ -444,13 +582,15 @@ def _unsafe_yaml(values: Mapping[str, str]) -> str:
 
 
 class PhaseInterrupt:
-    """Ctrl-C (SIGINT) or SIGTERM asks to stop at the next phase boundary instead of killing a run half-way.
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP asks to stop at the next phase boundary instead of killing a run half-way.
 
     ansible-playbook runs in its own session (ansible-runner spawns it on a pty), so the terminal's SIGINT reaches
-    only us; we note it, tell the operator, and the orchestrator checks :attr:`requested` between phases.
+    only us; we note it, tell the operator, and the orchestrator checks :attr:`requested` between phases. SIGHUP
+    (the operator's SSH session dropped) is handled the same way: the deployment stops cleanly at the next phase
+    boundary, records where, removes its secrets file and gives its lock back; what it prints then may go nowhere.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, display: Display) -> None:
         self.display = display

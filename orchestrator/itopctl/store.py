@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ExitCode, ItopctlError, bad_input, refused
 from .manifest import Manifest
+from .process import ProcessId
 
 Dialect = Literal["sqlite", "postgresql"]
 _ID_COLUMN = {
@@ -30,7 +31,13 @@ _ID_COLUMN = {
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 # A deployment's result; "running" until it ends.
-RESULTS = ("running", "succeeded", "failed", "rolled_back", "interrupted", "abandoned")
+# "abandoned": its itopctl died (or its lease ran out) and another command found its lock stale;
+# "lock_lost": its lock was taken over while it ran, and it stopped before changing anything more.
+RESULTS = ("running", "succeeded", "failed", "rolled_back", "interrupted", "abandoned", "lock_lost")
+_LOCK_COLUMNS = (
+    "stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at, holder_host, holder_pid, "
+    "holder_started, renewed_at"
+)
 
 
 def utcnow() -> datetime:
@@ -151,9 +158,28 @@ class LockRecord:
     deployment_id: int | None
     acquired_at: str
     expires_at: str
+    holder_host: str | None = None
+    holder_pid: int | None = None
+    holder_started: str | None = None
+    renewed_at: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return parse_iso(self.expires_at) <= now
+
+    @property
+    def holder(self) -> ProcessId | None:
+        """The itopctl process holding a deployment's lock (None for a manual lock: a person holds it)."""
+        if self.holder_host is None or self.holder_pid is None or self.holder_started is None:
+            return None
+        return ProcessId(self.holder_host, int(self.holder_pid), self.holder_started)
+
+    def holder_dead(self) -> bool:
+        """The holding process is known to be gone (same host, that pid with that start time no longer runs)."""
+        holder = self.holder
+        return holder is not None and holder.alive() is False
+
+    def stale(self, now: datetime) -> bool:
+        return self.expired(now) or self.holder_dead()
 
 
 @dataclass(frozen=True)
@@ -169,20 +195,37 @@ class LockEvent:
 
 @dataclass(frozen=True)
 class LockHandle:
-    """A lock held by this process; ``borrowed`` is the caller's own manual lock it runs under (restored after)."""
+    """A lock held by this process; ``borrowed`` is the caller's own manual lock it runs under (restored after).
+
+    Its ``record.token`` is the fencing token: every write the holder makes checks it is still the lock's."""
 
     record: LockRecord
     event: str
     borrowed: LockRecord | None = None
 
 
+class LockLost(ItopctlError):
+    """The fencing check failed: this process's lock was taken over; it must stop before changing anything more."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.LOCK_LOST)
+
+
+def _why_stale(held: LockRecord, now: datetime) -> str:
+    holder = held.holder
+    if held.holder_dead() and holder is not None:
+        return f"its itopctl ({holder.describe()}, {held.owner}) is gone"
+    return f"its lock lease expired at {held.expires_at}"
+
+
 class Store:
     """One connection to the state store; use as a context manager (closes on exit)."""
 
-    def __init__(self, conn: Any, dialect: Dialect, display_url: str) -> None:
+    def __init__(self, conn: Any, dialect: Dialect, display_url: str, url: str = "") -> None:
         self._conn = conn
         self.dialect: Dialect = dialect
         self.display_url = display_url
+        self.url = url  # to open another connection (the lease's heartbeat thread); never displayed
         self._in_tx = False
 
     # -- opening, transactions, migrations ---------------------------------------------------------------
@@ -198,7 +241,7 @@ class Store:
                 raise ItopctlError(
                     f"cannot connect to the state store {redact_url(url)}: {exc}", ExitCode.FAILED
                 ) from None
-            store = cls(conn, "postgresql", redact_url(url))
+            store = cls(conn, "postgresql", redact_url(url), url)
         else:
             path = sqlite_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +249,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA busy_timeout = 30000")
-            store = cls(conn, "sqlite", f"sqlite:///{path.resolve()}")
+            store = cls(conn, "sqlite", f"sqlite:///{path.resolve()}", url)
         if migrate:
             store.migrate()
         return store
@@ -440,14 +483,18 @@ class Store:
                 deployment_id, result=result, finished_at=iso(now), duration=round(duration, 3), **values
             )
             if stage_state is not None:
-                current, previous, health = stage_state
-                self.execute("DELETE FROM stage_state WHERE stage = ?", (record.stage,))
-                self.execute(
-                    "INSERT INTO stage_state (stage, current_release, previous_release, deployment_id, updated_at, "
-                    "updated_by, health) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (record.stage, current, previous, deployment_id, iso(now), record.started_by, health),
-                )
+                self._set_stage_state(record, *stage_state, now=now)
         return self.deployment(deployment_id)
+
+    def _set_stage_state(
+        self, record: DeploymentRecord, current: str | None, previous: str | None, health: str, *, now: datetime
+    ) -> None:
+        self.execute("DELETE FROM stage_state WHERE stage = ?", (record.stage,))
+        self.execute(
+            "INSERT INTO stage_state (stage, current_release, previous_release, deployment_id, updated_at, "
+            "updated_by, health) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.stage, current, previous, record.id, iso(now), record.started_by, health),
+        )
 
     def deployment(self, deployment_id: int) -> DeploymentRecord:
         row = self.one(f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?", (deployment_id,))  # noqa: S608
@@ -497,17 +544,14 @@ class Store:
     # -- locks -----------------------------------------------------------------------------------------
     def lock(self, stage: str) -> LockRecord | None:
         """The stage's lock row; inside a PostgreSQL transaction it is also locked (FOR UPDATE) until commit."""
-        sql = (
-            "SELECT stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at FROM locks "
-            "WHERE stage = ?"
-        )
+        sql = f"SELECT {_LOCK_COLUMNS} FROM locks WHERE stage = ?"  # noqa: S608 - constant column list
         if self.dialect == "postgresql" and self._in_tx:
             sql += " FOR UPDATE"
         row = self.one(sql, (stage,))
         return LockRecord(*row) if row else None
 
     def locks(self) -> dict[str, LockRecord]:
-        rows = self.rows("SELECT stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at FROM locks")
+        rows = self.rows(f"SELECT {_LOCK_COLUMNS} FROM locks")  # noqa: S608 - constant column list
         return {row[0]: LockRecord(*row) for row in rows}
 
     def _lock_event(
@@ -541,18 +585,19 @@ class Store:
         """Take the stage lock, or refuse saying who holds it. See the README for the rules."""
         expires = iso(now + timedelta(seconds=lease))
         token = os.urandom(16).hex()
+        me = ProcessId.me() if kind == "deploy" else None  # a manual lock is held by a person, not a process
         with self.transaction():
             held = self.lock(stage)
-            new = LockRecord(stage, owner, reason, kind, token, deployment_id, iso(now), expires)
+            new = LockRecord(
+                stage, owner, reason, kind, token, deployment_id, iso(now), expires, renewed_at=iso(now),
+                holder_host=me.host if me else None, holder_pid=me.pid if me else None,
+                holder_started=me.started if me else None,
+            )  # fmt: skip
             if held is None:
                 event, borrowed = "acquire", None
-            elif held.expired(now):
-                event, borrowed = "takeover_expired", None
-                if held.kind == "deploy" and held.deployment_id is not None:
-                    self.execute(
-                        "UPDATE deployments SET result = 'abandoned', message = ? WHERE id = ? AND result = 'running'",
-                        (f"lock lease expired; taken over by {owner} at {iso(now)}", held.deployment_id),
-                    )
+            elif held.stale(now):
+                event, borrowed = ("takeover_expired" if held.expired(now) else "takeover_dead"), None
+                self._abandon(held, f"{_why_stale(held, now)}; taken over by {owner} at {iso(now)}", now)
             elif held.kind == "deploy" and kind == "deploy":
                 raise refused(
                     f"stage {stage} is busy: deployment #{held.deployment_id} by {held.owner} is running "
@@ -561,7 +606,9 @@ class Store:
                 )
             elif held.owner == owner and held.kind == "manual" and kind == "manual":
                 event, borrowed = "renew", None
-                new = LockRecord(stage, owner, reason, kind, held.token, None, held.acquired_at, expires)
+                new = LockRecord(
+                    stage, owner, reason, kind, held.token, None, held.acquired_at, expires, renewed_at=iso(now)
+                )
             elif held.owner == owner and held.kind == "manual" and kind == "deploy":
                 event, borrowed = "borrow", held
             elif force and kind == "manual":
@@ -574,11 +621,13 @@ class Store:
                         "`itopctl lock STAGE --force --reason ...` (recorded)"
                     ],
                 )
+            values = (owner, reason, kind, new.token, deployment_id, new.acquired_at, expires, new.holder_host,
+                      new.holder_pid, new.holder_started, new.renewed_at)  # fmt: skip
             if held is None:
                 inserted = self.execute(
-                    "INSERT INTO locks (stage, owner, reason, kind, token, deployment_id, acquired_at, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stage) DO NOTHING",
-                    (stage, owner, reason, kind, new.token, deployment_id, new.acquired_at, expires),
+                    f"INSERT INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+                    "ON CONFLICT (stage) DO NOTHING",
+                    (stage, *values),
                 )
                 if inserted.rowcount != 1:  # PostgreSQL: another session took the free lock a moment ago
                     winner = self.lock(stage)
@@ -588,20 +637,92 @@ class Store:
                     )
             else:
                 self.execute(
-                    "UPDATE locks SET owner = ?, reason = ?, kind = ?, token = ?, deployment_id = ?, "
-                    "acquired_at = ?, expires_at = ? WHERE stage = ? AND token = ?",
-                    (owner, reason, kind, new.token, deployment_id, new.acquired_at, expires, stage, held.token),
+                    "UPDATE locks SET owner = ?, reason = ?, kind = ?, token = ?, deployment_id = ?, acquired_at = ?, "
+                    "expires_at = ?, holder_host = ?, holder_pid = ?, holder_started = ?, renewed_at = ? "
+                    "WHERE stage = ? AND token = ?",
+                    (*values, stage, held.token),
                 )
             self._lock_event(stage, event, owner, previous=held.owner if held else None, reason=reason, now=now)
         return LockHandle(new, event, borrowed)
 
     def attach_lock(self, handle: LockHandle, deployment_id: int, lease: int, now: datetime) -> None:
-        """Tie a deploy lock to its deployment and renew its lease (called at each phase boundary)."""
+        """Tie a deploy lock to its deployment and renew its lease."""
         with self.transaction():
             self.execute(
-                "UPDATE locks SET deployment_id = ?, expires_at = ? WHERE stage = ? AND token = ?",
-                (deployment_id, iso(now + timedelta(seconds=lease)), handle.record.stage, handle.record.token),
+                "UPDATE locks SET deployment_id = ?, expires_at = ?, renewed_at = ? WHERE stage = ? AND token = ?",
+                (
+                    deployment_id,
+                    iso(now + timedelta(seconds=lease)),
+                    iso(now),
+                    handle.record.stage,
+                    handle.record.token,
+                ),
             )
+
+    def renew_lock(self, handle: LockHandle, lease: int, now: datetime) -> bool:
+        """The heartbeat: push the lease on; False when the lock is not this handle's any more (taken over)."""
+        with self.transaction():
+            renewed = self.execute(
+                "UPDATE locks SET expires_at = ?, renewed_at = ? WHERE stage = ? AND token = ?",
+                (iso(now + timedelta(seconds=lease)), iso(now), handle.record.stage, handle.record.token),
+            )
+            return bool(renewed.rowcount == 1)
+
+    def check_holds(self, handle: LockHandle) -> None:
+        """Fencing: raise :class:`LockLost` unless the stage lock still carries this handle's token."""
+        stage = handle.record.stage
+        held = self.lock(stage)
+        if held is not None and held.token == handle.record.token:
+            return
+        events = [e for e in self.lock_events(stage, limit=20) if e.event not in ("release", "return")]
+        taker = events[0] if events else None
+        if held is not None:
+            by = f"{held.owner} ({held.kind} lock: {held.reason!r}, since {held.acquired_at})"
+        else:
+            by = "someone who has since released it"
+        how = f" by {taker.event} at {taker.at}" if taker is not None and taker.owner != handle.record.owner else ""
+        raise LockLost(f"the lock of stage {stage} was taken over{how}; it is now held by {by}")
+
+    def reap_dead_holders(self, now: datetime, by: str) -> list[LockRecord]:
+        """Locks whose itopctl died on this host are stale at once: their deployments are recorded as abandoned
+        (the stage's health as unknown when hosts may have been switched) and the locks removed."""
+        reaped: list[LockRecord] = []
+        for candidate in self.locks().values():
+            if not candidate.holder_dead():
+                continue
+            with self.transaction():
+                held = self.lock(candidate.stage)
+                if held is None or held.token != candidate.token:
+                    continue
+                self._abandon(held, f"{_why_stale(held, now)}; found by {by} at {iso(now)}", now)
+                self.execute("DELETE FROM locks WHERE stage = ? AND token = ?", (held.stage, held.token))
+                self._lock_event(held.stage, "stale_dead", by, previous=held.owner, reason=held.reason, now=now)
+            reaped.append(held)
+        return reaped
+
+    def _abandon(self, held: LockRecord, why: str, now: datetime) -> None:
+        """Record the running deployment of a stale lock as abandoned; when it may have switched hosts, the stage
+        is marked unknown (its current release the one being deployed, so ``itopctl rollback`` goes back)."""
+        if held.kind != "deploy" or held.deployment_id is None:
+            return
+        record = self.deployment(held.deployment_id)
+        if record.result != "running":
+            return
+        self.execute(
+            "UPDATE deployments SET result = 'abandoned', finished_at = ?, message = ? WHERE id = ? AND result = ?",
+            (iso(now), f"abandoned during {record.phase}: {why}", record.id, "running"),
+        )
+        if record.phase in ("starting", "prepare") and not record.switched_hosts:
+            return  # nothing was switched: the stage runs what it ran
+        state = self.stage_state(record.stage)
+        releases = (record.release_id, record.from_release) if record.kind == "promote" else (
+            record.from_release, state.previous_release if state else None)  # fmt: skip
+        health = (
+            f"unknown: deployment #{record.id} ({record.kind} {record.from_release or '-'} -> {record.release_id}) "
+            f"abandoned during {record.phase}; hosts may run either release: check with `itopctl status --probe`, "
+            f"then `itopctl rollback {record.stage}` or promote again"
+        )
+        self._set_stage_state(record, *releases, health, now=now)
 
     def release_handle(self, handle: LockHandle, now: datetime) -> None:
         """Give back a deploy lock: delete it, or hand the borrowed manual lock back to its owner."""
@@ -611,7 +732,8 @@ class Store:
                 b = handle.borrowed
                 self.execute(
                     "UPDATE locks SET owner = ?, reason = ?, kind = ?, token = ?, deployment_id = NULL, "
-                    "acquired_at = ?, expires_at = ? WHERE stage = ? AND token = ?",
+                    "acquired_at = ?, expires_at = ?, holder_host = NULL, holder_pid = NULL, holder_started = NULL "
+                    "WHERE stage = ? AND token = ?",
                     (b.owner, b.reason, b.kind, b.token, b.acquired_at, b.expires_at, rec.stage, rec.token),
                 )
                 self._lock_event(rec.stage, "return", rec.owner, previous=None, reason=b.reason, now=now)
