@@ -337,3 +337,72 @@ def test_live_progress_line() -> None:
     display.progress(progress)
     assert stream.getvalue() == ("\r\x1b[K[switch] hosts 2 | ok 1 changed 1 failed 1 | Activate the release")
     assert progress.failed_tasks == ["web-2: Activate: no"]
+
+
+LEAKY_PLAYBOOK = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Report the environment the child got
+      ansible.builtin.copy:
+        dest: "{{ out_dir }}/{{ inventory_hostname }}.env.json"
+        mode: "0600"
+        content: >-
+          {{ {'galaxy': lookup('env', 'ANSIBLE_GALAXY_TOKEN'), 'become': lookup('env', 'ANSIBLE_BECOME_PASS'),
+              'checking': lookup('env', 'ANSIBLE_HOST_KEY_CHECKING'),
+              'vault_file': lookup('env', 'ANSIBLE_VAULT_PASSWORD_FILE')} | to_json }}
+    - name: A careless task that prints the become password (no no_log)
+      ansible.builtin.debug:
+        msg: "become with {{ ansible_become_password | default('none') }}"
+"""
+BECOME = "become-Pw-9f3k2"
+TOKENS = {
+    "ANSIBLE_BECOME_PASS": BECOME,
+    "ANSIBLE_GALAXY_TOKEN": "galaxy-tok-77a1c",
+    "ANSIBLE_GALAXY_SERVER_RELEASE_TOKEN": "server-tok-4b2e9",
+    "ANSIBLE_NET_PASSWORD": "net-pw-81d0x",
+    "ANSIBLE_AWX_SECRET_KEY": "awx-key-2c7q",
+}
+
+
+def test_secret_named_ansible_variables_never_reach_the_run_dir(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    """ANSIBLE_BECOME_PASS, galaxy tokens and the like: not in the child's environment (which ansible-runner writes
+    to artifacts/<ident>/command), the become password as an extra var through the secrets file, and what a task
+    prints anyway is scrubbed from every file of the run directory."""
+    _, inventory, out = setup
+    playbook = tmp_path / "leaky.yml"
+    playbook.write_text(LEAKY_PLAYBOOK)
+    vault_file = tmp_path / "vault-pass"  # a path, not a secret: passed
+    vault_file.write_text("vault-pw-not-in-env\n")
+    environ = {
+        **_environ(),
+        **TOKENS,
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_VAULT_PASSWORD_FILE": str(vault_file),
+    }
+    stream = io.StringIO()
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    runner = PlaybookRunner(
+        tmp_path / "runs", environ=environ, display=ConsoleDisplay(stream, live=False), secrets_base=shm
+    )
+    result = runner.run(phase="verify", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)})
+    assert result.ok, stream.getvalue()
+    seen = json.loads((out / "h1.env.json").read_text())
+    assert seen == {"galaxy": "", "become": "", "checking": "False", "vault_file": str(vault_file)}
+    private = Path(result.private_data_dir)
+    files = [p for p in private.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        data = path.read_bytes()
+        for name, value in TOKENS.items():
+            assert value.encode() not in data, (name, path)
+    stdout = (private / "artifacts" / result.ident / "stdout").read_text()
+    assert "become with ********" in stdout  # it did reach the playbook, and was scrubbed from the record
+    shown = stream.getvalue()
+    for name in ("ANSIBLE_GALAXY_TOKEN", "ANSIBLE_GALAXY_SERVER_RELEASE_TOKEN", "ANSIBLE_NET_PASSWORD"):
+        assert f"warning: {name} is not passed to ansible-playbook" in shown
+    assert "ANSIBLE_BECOME_PASS reaches ansible-playbook as ansible_become_password in the secrets file" in shown
+    assert "was scrubbed from" in shown
+    assert all(value not in shown for value in TOKENS.values())
+    assert list(shm.iterdir()) == []
