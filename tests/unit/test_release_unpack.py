@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -314,3 +316,25 @@ def test_damaged_stream_is_a_release_error_naming_the_artifact(
     path.write_bytes(bytes(data))
     with pytest.raises(ReleaseError, match=r"archive https://artifacts/a is corrupt or truncated"):
         unpack_archive(str(path), str(tmp_path / "out"), label="https://artifacts/a")
+
+
+def test_a_relative_target_is_fine(build: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free-space probe walks up to an existing directory: from a relative path too."""
+    path = build.tar(tmp_path / "a.tar.gz", [build.file("f", b"f")])
+    monkeypatch.chdir(tmp_path)
+    unpack_archive(str(path), "out/sub")
+    assert (tmp_path / "out/sub/f").read_bytes() == b"f"
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to make a real sparse archive")
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_a_sparse_file_made_by_gnu_tar_is_refused(fmt: str, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    with open(source / "disk.img", "wb") as handle:
+        handle.truncate(50_000_000)  # a hole: no block allocated
+    path = tmp_path / f"sparse-{fmt}.tar"
+    subprocess.run(["tar", f"--format={fmt}", "-cSf", str(path), "-C", str(source), "disk.img"], check=True)
+    with pytest.raises(ReleaseError, match=r"'disk\.img' is a sparse file"):
+        unpack_archive(str(path), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -427,7 +427,7 @@ def _read_entries(path: str, subdir: str, tally: _Tally) -> tuple[Any, _TarStrea
     try:
         archive, stream = _open(path, label, tally)
         found: list[_Entry | None] = []
-        if isinstance(archive, zipfile.ZipFile):
+        if stream is None:  # a zip
             for info in archive.infolist():
                 tally.member()
                 entry = _zip_entry(archive, info, mapper, tally)
@@ -435,7 +435,6 @@ def _read_entries(path: str, subdir: str, tally: _Tally) -> tuple[Any, _TarStrea
                     tally.file(info.filename, info.file_size, kept=entry is not None)
                 found.append(entry)
         else:
-            assert stream is not None
             # next() skips a member's data only when asked for the following one: each declared size is checked first.
             while (info := archive.next()) is not None:
                 tally.member()
@@ -524,7 +523,7 @@ def _check_links(entries: Sequence[_Entry], label: str) -> None:
 
 def _check_free_space(target: str, tally: _Tally, label: str) -> None:
     """Before writing anything: the declared bytes (plus a block per member) and the margin must fit."""
-    probe = target
+    probe = os.path.abspath(target)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     fs = os.statvfs(probe)
