@@ -83,6 +83,13 @@ class Project:
         if current is not None:
             (self.lab_root / host / "current").symlink_to(f"releases/{current}")
 
+    def edit_pipeline(self, old: str, new: str) -> None:
+        """Replace ``old`` (which must be there) by ``new`` in the project's pipeline file."""
+        pipeline = self.root / "pipeline.yml"
+        text = pipeline.read_text()
+        assert old in text, old
+        pipeline.write_text(text.replace(old, new))
+
     def marker(self, name: str, content: str = "") -> None:
         self.lab_root.mkdir(exist_ok=True)
         (self.lab_root / name).write_text(content)

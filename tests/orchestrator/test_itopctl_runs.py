@@ -162,13 +162,10 @@ def test_sentry_release_and_deploy_recorded_token_never_stored(sqlite_project: P
     project = sqlite_project
     token = "sntrys_test_token_4f7a0c"
     with fake_sentry() as sentry:
-        pipeline = project.root / "pipeline.yml"
-        pipeline.write_text(
-            pipeline.read_text().replace(
-                "  - name: dev\n",
-                f"  - name: dev\n    sentry: {{url: '{sentry.url}', org: unistra, project: itop, "
-                "token_env: ITOPCTL_TEST_SENTRY_TOKEN}\n",
-            )
+        project.edit_pipeline(
+            "  - name: dev\n",
+            f"  - name: dev\n    sentry: {{url: '{sentry.url}', org: unistra, project: itop, "
+            "token_env: ITOPCTL_TEST_SENTRY_TOKEN}\n",
         )
         project.env["ITOPCTL_TEST_SENTRY_TOKEN"] = token
         project.add("r1")
