@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import os
+import shutil
 import tarfile
 import time
 import warnings
@@ -377,6 +379,20 @@ def _disk_use(path: Path) -> int:
     return sum(os.lstat(os.path.join(base, name)).st_blocks * 512 for base, _, names in os.walk(path) for name in names)
 
 
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding one good release, r0, prepared once; each case works on its own copy."""
+    where = tmp_path_factory.mktemp("template")
+    core = where / "r0.tar.gz"
+    with tarfile.open(core, "w:gz") as tar:
+        info = tarfile.TarInfo("VERSION")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"r0\n"))
+    good = {"uri": f"file://{core}", "sha256": hashlib.sha256(core.read_bytes()).hexdigest()}
+    ReleaseManager(str(where / "app"), owner_name="tester").prepare("r0", [good], cache_dir=str(where / "cache"))
+    return where / "app"
+
+
 @pytest.fixture
 def kit(build: SimpleNamespace, hostile: SimpleNamespace) -> SimpleNamespace:
     return SimpleNamespace(**vars(build), **vars(hostile))
@@ -399,7 +415,7 @@ def test_the_corpus_is_large_and_names_are_unique() -> None:
 def test_hostile_archive(  # noqa: PLR0917 -- pytest injects fixtures by position
     case: Case,
     kit: SimpleNamespace,
-    sample: Callable[[str], dict[str, str]],
+    prepared_root: Path,
     tmp_path: Path,
     root: Path,
     cache_dir: Path,
@@ -408,11 +424,11 @@ def test_hostile_archive(  # noqa: PLR0917 -- pytest injects fixtures by positio
     where.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
+    shutil.copytree(prepared_root, root, symlinks=True)
     manager = ReleaseManager(str(root), owner_name="tester")
-    manager.prepare("r0", [sample("r0")], cache_dir=str(cache_dir))
     journal = (root / ".journal.json").read_bytes()
     arts = case.build(kit, where)
-    started = time.monotonic()
+    started = time.process_time()  # CPU, not wall-clock: a loaded machine must not fail the test
     if case.refused:
         with pytest.raises(ReleaseError) as refused:
             manager.prepare("hostile", arts, cache_dir=str(cache_dir), limits=case.limits)
@@ -428,7 +444,7 @@ def test_hostile_archive(  # noqa: PLR0917 -- pytest injects fixtures by positio
         for base, dirs, files in os.walk(release):
             for name in dirs + files:
                 assert os.path.realpath(os.path.join(base, name)).startswith(real + "/"), name
-    assert time.monotonic() - started < 5, "stopped early, or it would have inflated for ever"
+    assert time.process_time() - started < 3, "stopped early, or it would have inflated for seconds more"
     assert os.listdir(outside) == []
     assert not os.path.lexists(PWNED)
     assert _disk_use(tmp_path) < 16 * MiB, "the test wrote far more than its archives"
