@@ -346,6 +346,11 @@ CASES = [
     Case("tar.xz-damaged-mid-stream", damaged("tar.xz"), refused="is corrupt or truncated"),
     Case("tar.bz2-damaged-mid-stream", damaged("tar.bz2"), refused="is corrupt or truncated"),
     Case("zip-damaged-mid-stream", damaged("zip"), refused="is corrupt or truncated"),
+    Case(
+        "zip-invalid-deflate-data",
+        lambda kit, where: [kit.artifact(kit.raw_zip(where / "z.zip", [("x", 0o100644, b"\xff" * 64, 0, 1000, 8)]))],
+        refused="is corrupt or truncated (error: Error -3",
+    ),
     Case("tar-damaged-header", damaged_tar_header, refused="no valid member header nor end-of-archive marker"),
     Case(
         "tar-damaged-data",
@@ -409,6 +414,22 @@ def test_the_corpus_is_large_and_names_are_unique() -> None:
         "tar.bz2",
         "zip",
     }
+
+
+def test_the_default_limit_bombs_are_genuine(kit: SimpleNamespace, tmp_path: Path) -> None:
+    """The bombs that prove the default limits are MiBs on disk and inflate to GiBs: well past 200 times."""
+    gz = kit.zero_bomb_tar(tmp_path / "b.tar.gz", {"big": 2048}, "gz")
+    assert 2 * MiB < gz.stat().st_size < 3 * MiB
+    with tarfile.open(gz) as tar:
+        first = tar.next()
+        assert first is not None
+        assert first.size == 2048 * MiB
+        stream = tar.extractfile(first)
+        assert stream is not None
+        assert stream.read(MiB) == b"\0" * MiB  # real data behind the header, not a lie
+    data, _crc = kit.deflated_zeros(512)
+    assert len(data) < MiB
+    assert zlib.decompressobj(-15).decompress(data, 4 * MiB) == b"\0" * (4 * MiB)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
