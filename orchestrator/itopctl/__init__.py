@@ -1,7 +1,11 @@
 """itopctl: promote one immutable unistra.itop release through the pipeline's stages (dev -> test -> pprd -> prod).
 
 Commands (``itopctl --help``): ``release add|list|show|reject``, ``deploy``, ``promote``, ``approve``, ``rollback``,
-``status``, ``history``, ``lock``, ``unlock``, ``lab up|down``, ``config``. Read commands take ``--json``.
+``status [--probe]``, ``history``, ``lock``, ``unlock``, ``lab up|down``, ``config``. Read commands take ``--json``.
+
+Every command that opens the state store first finds the locks whose itopctl died on this control node (host, pid
+and process start time recorded with the lock): they are released at once and their deployments recorded as
+``abandoned`` (the stage's health ``unknown`` when hosts may have been switched; ``status --probe`` asks the hosts).
 
 Exit codes (:class:`itopctl.errors.ExitCode`):
 
@@ -15,7 +19,10 @@ code   meaning
        nothing was changed
 4      the deployment failed (see ``itopctl status`` / ``history``)
 5      the deployment failed verification and the switched hosts were rolled back
-130    interrupted by Ctrl-C, stopped at a phase boundary (the deployment record says which)
+6      the stage lock was taken over while the deployment ran: it stopped before changing anything more
+       (recorded as ``lock_lost``; the new holder's lock is left as it is)
+130    interrupted by Ctrl-C, SIGTERM or SIGHUP, stopped at a phase boundary (the deployment record says which)
+141    standard output closed early (``itopctl status | head``): quiet exit, as a shell reports SIGPIPE
 =====  ==============================================================================================
 """
 

@@ -62,7 +62,7 @@ _SECRETS_DIR = re.compile(r"^itopctl-secrets-(\d+)-([0-9a-z]+)-(\d+)-")  # pid, 
 _SECRET_WORDS = frozenset({"PASS", "PASSWD", "PASSWORD", "PASSPHRASE", "TOKEN", "SECRET", "CREDENTIAL", "CREDENTIALS"})
 _BECOME_PASS = ("ANSIBLE_BECOME_PASS", "ANSIBLE_BECOME_PASSWORD")
 _SCRUBBED = b"********"
-_MIN_SCRUB = 4  # shorter values would match everywhere; secrets are longer than that
+_MIN_SCRUB = 8  # a shorter value ("true", "admin") would be scrubbed from everywhere it happens to appear
 
 
 @dataclass(frozen=True)

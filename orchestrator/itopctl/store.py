@@ -680,7 +680,7 @@ class Store:
             by = f"{held.owner} ({held.kind} lock: {held.reason!r}, since {held.acquired_at})"
         else:
             by = "someone who has since released it"
-        how = f" by {taker.event} at {taker.at}" if taker is not None and taker.owner != handle.record.owner else ""
+        how = f" ({taker.event} by {taker.owner} at {taker.at})" if taker is not None else ""
         raise LockLost(f"the lock of stage {stage} was taken over{how}; it is now held by {by}")
 
     def reap_dead_holders(self, now: datetime, by: str) -> list[LockRecord]:

@@ -139,9 +139,8 @@ def test_heartbeat_renews_the_lease_and_fencing_stops_a_holder_whose_lock_was_ta
                 "dev", owner="bob", reason="incident 42", kind="manual", lease=600, now=utcnow(), force=True
             )
             assert taken.event == "forced_takeover"
-            with pytest.raises(
-                LockLost, match=r"taken over by forced_takeover .* held by bob \(manual lock: 'incident 42'"
-            ) as lost:
+            taker = r"taken over \(forced_takeover by bob at .*\); it is now held by bob \(manual lock: 'incident 42'"
+            with pytest.raises(LockLost, match=taker) as lost:
                 held.check()
             assert lost.value.code == ExitCode.LOCK_LOST == 6
             time.sleep(0.8)  # a heartbeat after the takeover notices it too, and renews nothing

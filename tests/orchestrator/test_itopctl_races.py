@@ -17,7 +17,7 @@ from itopctl.errors import ExitCode
 from itopctl_support import Project, seed_deployed
 
 PROCESSES = 8
-ROUNDS = 4
+ROUNDS = 3
 ITOPCTL = str(Path(sys.executable).parent / "itopctl")
 
 
