@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 
 pytestmark = [
@@ -28,14 +27,14 @@ PLAYBOOK = """
     - name: Include the internal role
       ansible.builtin.include_role:
         name: unistra.itop.app_release
+        tasks_from: "{{ phase }}"
       vars:
         app_release_caller: "{{ caller | default('unit-test') }}"
-        app_release_phase: "{{ phase }}"
         app_release_root: "{{ root }}"
         app_release_release_id: "{{ rid | default('') }}"
         app_release_artifacts: "{{ artifacts | default([]) }}"
         app_release_shared_paths: [data]
-        app_release_cache_dir: "{{ cache }}"
+        unistra_itop_artifact_cache_dir: "{{ cache }}"
         app_release_keep: 2
         app_release_rollback_to: "{{ rollback_to | default('') }}"
         app_release_hook_prepared: "{{ playbook_dir }}/hook_prepared.yml"
@@ -75,19 +74,13 @@ HOOK_SWITCHED = """
 
 
 @pytest.fixture
-def play(tmp_path: Path, root: Path, cache_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def play(
+    tmp_path: Path, root: Path, cache_dir: Path, playbook_env: dict[str, str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     (tmp_path / "site.yml").write_text(PLAYBOOK)
     (tmp_path / "hook_prepared.yml").write_text(HOOK_PREPARED)
     (tmp_path / "hook_switched.yml").write_text(HOOK_SWITCHED)
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-    )
+    env = playbook_env
 
     def run(*args: str, **extra_vars: object) -> subprocess.CompletedProcess[str]:
         variables = {"root": str(root), "cache": str(cache_dir), **extra_vars}
@@ -155,7 +148,7 @@ def test_role_phases_hooks_and_failure_path(
 
 
 def test_role_refuses_to_run_on_its_own(play: Callable[..., subprocess.CompletedProcess[str]], root: Path) -> None:
-    proc = play(phase="full", rid="r1", caller="")
+    proc = play(phase="main", rid="r1")  # without tasks_from
     assert proc.returncode != 0
     assert "unistra.itop.app_release is internal" in proc.stdout
     assert not root.exists()
