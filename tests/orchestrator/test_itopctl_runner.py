@@ -344,13 +344,13 @@ LEAKY_PLAYBOOK = """\
   gather_facts: false
   tasks:
     - name: Report the environment the child got
+      vars:
+        _names: {galaxy: ANSIBLE_GALAXY_TOKEN, become: ANSIBLE_BECOME_PASS, checking: ANSIBLE_HOST_KEY_CHECKING,
+                 vault_file: ANSIBLE_VAULT_PASSWORD_FILE}
       ansible.builtin.copy:
+        content: "{{ dict(_names.keys() | zip(query('ansible.builtin.env', *_names.values()))) | to_json }}"
         dest: "{{ out_dir }}/{{ inventory_hostname }}.env.json"
         mode: "0600"
-        content: >-
-          {{ {'galaxy': lookup('env', 'ANSIBLE_GALAXY_TOKEN'), 'become': lookup('env', 'ANSIBLE_BECOME_PASS'),
-              'checking': lookup('env', 'ANSIBLE_HOST_KEY_CHECKING'),
-              'vault_file': lookup('env', 'ANSIBLE_VAULT_PASSWORD_FILE')} | to_json }}
     - name: A careless task that prints the become password (no no_log)
       ansible.builtin.debug:
         msg: "become with {{ ansible_become_password | default('none') }}"
