@@ -296,3 +296,11 @@ def test_console_script_exit_codes(project: Project) -> None:
     assert version.returncode == 0 and version.stdout.startswith("itopctl ")
     helped = subprocess.run([itopctl, "--help"], env=env, capture_output=True, text=True, check=False)
     assert helped.returncode == 0 and "3 refused (gate/lock/policy)" in helped.stdout
+
+
+def test_status_probe_needs_release_roots(project: Project) -> None:
+    result = project.run("status", "--probe", "--stage", "dev")
+    assert result.code == ExitCode.BAD_INPUT
+    assert "stage dev has no release_roots in" in result.err and "release_roots: {itop: /srv/itop}" in result.err
+    assert project.run("status", "--stage", "qa").code == ExitCode.BAD_INPUT
+    assert not (project.root / "runs").exists()  # refused before any run
