@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 from ansible_collections.unistra.itop.plugins.module_utils.fsutil import TMP_PREFIX, write_json_atomic
 from ansible_collections.unistra.itop.plugins.module_utils.rules import (
     SHA256_RE,
+    URI_RE,
     URI_SCHEMES,
     MissingLibraryError,
     ReleaseError,
@@ -50,13 +51,13 @@ class Artifact:
         uri = data.get("uri")
         if not isinstance(uri, str) or not uri:
             raise ReleaseError("an artifact has no uri")
-        scheme = urlparse(uri).scheme
-        if scheme not in URI_SCHEMES:
+        if not URI_RE.match(uri):
             raise ReleaseError(
-                f"artifact {redact_uri(uri)}: unsupported scheme {scheme!r}; use file://, https:// or s3://"
+                f"artifact {redact_uri(uri)}: unsupported scheme {urlparse(uri).scheme!r}; use "
+                f"{', '.join(s + '://' for s in URI_SCHEMES)}"
             )
         sha = data.get("sha256")
-        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
             raise ReleaseError(f"artifact {redact_uri(uri)}: sha256 must be 64 hexadecimal characters")
         return cls(
             uri=uri,

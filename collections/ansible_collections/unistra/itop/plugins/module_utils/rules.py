@@ -12,10 +12,33 @@ import re
 from typing import Any
 from urllib.parse import urlparse
 
-RELEASE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# The rules, as patterns every consumer can use: Python (full match), Jinja's `match` test in the roles' preflight
+# (through the unistra.itop.rules lookup) and itopctl's manifest checks. Nowhere else are they written.
+RELEASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_IDS = frozenset({"current", "shared", "releases"})
-SHA256_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
-URI_SCHEMES = ("file", "https", "http", "s3")
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"  # either case; stored lower case
+URI_SCHEMES = ("file", "https", "http", "s3")  # http is as safe as the others: the sha256 is checked before use
+URI_PATTERN = r"^(" + "|".join(URI_SCHEMES) + r")://"
+COMPONENT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # itop, hub, worker... (a manifest's components)
+EXTENSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # unpacked to extensions/<name>
+DEPLOY_PHASES = ("prepare", "switch", "full", "verify", "rollback")
+
+RELEASE_ID_RE = re.compile(RELEASE_ID_PATTERN)
+SHA256_RE = re.compile(SHA256_PATTERN)
+URI_RE = re.compile(URI_PATTERN)
+COMPONENT_NAME_RE = re.compile(COMPONENT_NAME_PATTERN)
+EXTENSION_NAME_RE = re.compile(EXTENSION_NAME_PATTERN)
+
+RULES: dict[str, object] = {
+    "release_id_pattern": RELEASE_ID_PATTERN,
+    "reserved_ids": sorted(RESERVED_IDS),
+    "sha256_pattern": SHA256_PATTERN,
+    "uri_schemes": list(URI_SCHEMES),
+    "uri_pattern": URI_PATTERN,
+    "component_name_pattern": COMPONENT_NAME_PATTERN,
+    "extension_name_pattern": EXTENSION_NAME_PATTERN,
+    "deploy_phases": list(DEPLOY_PHASES),
+}
 
 
 class ReleaseError(Exception):
@@ -39,7 +62,7 @@ def validate_release_id(value: Any) -> str:
     """Return ``value`` if it is a safe release id, else raise :class:`ReleaseError`."""
     if not isinstance(value, str) or not value:
         raise ReleaseError("a release id is required (option release)")
-    if not RELEASE_ID_RE.match(value):
+    if not RELEASE_ID_RE.fullmatch(value):
         raise ReleaseError(
             f"invalid release id {value!r}: use 1 to 64 characters among letters, digits, '.', '_' and '-', "
             "starting with a letter or a digit (e.g. 2026.11.28-1)"
