@@ -406,51 +406,28 @@ class Orchestrator:
                     verified: RunResult | None = None
                     if result.ok:
                         # the operator must know the stage is healthy on the release it went back to
-                        lock.check()
-                        self.store.update_deployment(deployment_id, phase="verify")
+                        with lock.fenced():
+                            self.store.update_deployment(deployment_id, phase="verify")
                         verified = play("verify")
-                    lock.check()
+                    status, health, message, code = _rollback_outcome(
+                        stage.name, state, target, restore_db, result, verified
+                    )
+                    with lock.fenced():
+                        record = self.store.finish_deployment(
+                            deployment_id,
+                            result=status,
+                            now=self.clock(),
+                            stage_state=health,
+                            message=message,
+                            runner_idents=[r.ident for r in runs],
+                            hosts=sorted(result.hosts, key=natural_key),
+                            switched_hosts=result.ok_hosts,
+                        )
             except LockLost as lost:
                 return self._lock_lost(
                     deployment_id, lost, [r.ident for r in runs], runs[0].ok_hosts if runs else [], target, current
                 )
-            values: dict[str, Any] = {
-                "runner_idents": [r.ident for r in runs],
-                "hosts": sorted(result.hosts, key=natural_key),
-                "switched_hosts": result.ok_hosts,
-            }
-            if verified is not None and not verified.ok:
-                failed = ", ".join(verified.failed_hosts) or f"status {verified.status}, rc {verified.rc}"
-                record = self.store.finish_deployment(
-                    deployment_id,
-                    result="failed",
-                    now=self.clock(),
-                    stage_state=(target, current, f"rolled back from {current}; verify failed"),
-                    message=f"{stage.name} rolled back from {current} to {target}, but verify failed ({failed})",
-                    **values,
-                )
-                return Outcome("failed", record.message, ExitCode.FAILED, record)
-            if result.ok:
-                record = self.store.finish_deployment(
-                    deployment_id,
-                    result="succeeded",
-                    now=self.clock(),
-                    stage_state=(target, current, f"rolled back from {current}"),
-                    message=f"{stage.name} rolled back from {current} to {target}"
-                    + (" (database restored)" if restore_db else ""),
-                    **values,
-                )
-                return Outcome("succeeded", record.message, ExitCode.OK, record)
-            failed = ", ".join(result.failed_hosts) or f"status {result.status}, rc {result.rc}"
-            record = self.store.finish_deployment(
-                deployment_id,
-                result="failed",
-                now=self.clock(),
-                stage_state=(current, state.previous_release, f"rollback to {target} failed"),
-                message=f"rollback of {stage.name} to {target} failed ({failed})",
-                **values,
-            )
-            return Outcome("failed", record.message, ExitCode.FAILED, record)
+            return Outcome(status, record.message, code, record)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
         self,
@@ -493,6 +470,41 @@ class Orchestrator:
         return Outcome("lock_lost", message, ExitCode.LOCK_LOST, finished)
 
 
+def _rollback_outcome(  # noqa: PLR0917 - the facts of one rollback, in one place
+    stage: str,
+    state: StageState,
+    target: str,
+    restore_db: bool,
+    result: RunResult,
+    verified: RunResult | None,
+) -> tuple[str, tuple[str | None, str | None, str], str, ExitCode]:
+    """``(result, stage state, message, exit code)`` of a rollback from what its two runs did."""
+    current = state.current_release
+    if verified is not None and not verified.ok:
+        failed = ", ".join(verified.failed_hosts) or f"status {verified.status}, rc {verified.rc}"
+        return (
+            "failed",
+            (target, current, f"rolled back from {current}; verify failed"),
+            f"{stage} rolled back from {current} to {target}, but verify failed ({failed})",
+            ExitCode.FAILED,
+        )
+    if result.ok:
+        restored = " (database restored)" if restore_db else ""
+        return (
+            "succeeded",
+            (target, current, f"rolled back from {current}"),
+            f"{stage} rolled back from {current} to {target}{restored}",
+            ExitCode.OK,
+        )
+    failed = ", ".join(result.failed_hosts) or f"status {result.status}, rc {result.rc}"
+    return (
+        "failed",
+        (current, state.previous_release, f"rollback to {target} failed"),
+        f"rollback of {stage} to {target} failed ({failed})",
+        ExitCode.FAILED,
+    )
+
+
 class _Promotion:
     """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes, each run and
     each record only after checking the stage lock is still this promotion's (:meth:`record`, :meth:`play`)."""
@@ -521,9 +533,9 @@ class _Promotion:
         self.extravars = orchestrator._extravars(release, stage, deployment_id)
 
     def record(self, **values: Any) -> None:
-        """Write to the deployment's record, if the lock is still ours."""
-        self.lock.check()
-        self.store.update_deployment(self.deployment_id, **values)
+        """Write to the deployment's record, if the lock is still ours (checked in the same transaction)."""
+        with self.lock.fenced():
+            self.store.update_deployment(self.deployment_id, **values)
 
     def phase(self, name: str, *, record: bool = True) -> None:
         """Enter a phase: recorded (unless it is the undo of the phase that failed)."""
@@ -548,17 +560,17 @@ class _Promotion:
     def finish(
         self, result: str, message: str, code: ExitCode, state: tuple[str | None, str | None, str] | None, **values: Any
     ) -> Outcome:
-        self.lock.check()
         faults.point("before-record")
-        record = self.store.finish_deployment(
-            self.deployment_id,
-            result=result,
-            now=self.o.clock(),
-            stage_state=state,
-            message=message,
-            runner_idents=self.idents,
-            **values,
-        )
+        with self.lock.fenced():
+            record = self.store.finish_deployment(
+                self.deployment_id,
+                result=result,
+                now=self.o.clock(),
+                stage_state=state,
+                message=message,
+                runner_idents=self.idents,
+                **values,
+            )
         return Outcome(result, message, code, record)
 
     def lock_lost(self, lost: LockLost) -> Outcome:

@@ -5,14 +5,15 @@ let the lease run out under a live deployment and a second one take the stage. :
 heartbeat thread every third of the lease, on a connection of its own (SQLite and psycopg connections must not be
 shared between threads). :meth:`HeldLock.check` is the fencing check, on the caller's connection: the lock still
 carries this deployment's token, or :class:`itopctl.store.LockLost` is raised and the deployment stops before
-changing anything more. A lock taken over is never released by its former holder: every delete and update of a
-lock is conditioned on its token.
+changing anything more; :meth:`HeldLock.fenced` makes the check and a record one transaction. A lock taken over
+is never released by its former holder: every delete and update of a lock is conditioned on its token.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 
@@ -48,6 +49,14 @@ class HeldLock:
             self.store.check_holds(self.handle)  # says who has it
             raise LockLost(f"the lock of stage {self.handle.record.stage} was taken over")
         self.store.check_holds(self.handle)
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """A write transaction that first checks the lock is ours: on PostgreSQL the lock row stays locked (FOR
+        UPDATE) until the commit, on SQLite writers are serialised, so no takeover can slip in between."""
+        with self.store.transaction():
+            self.check()
+            yield
 
     def _beat(self) -> None:
         interval = max(0.2, self.lease / 3)
