@@ -205,3 +205,29 @@ def test_auto_rollback_goes_to_what_the_stage_runs_under_the_lock(crash_project:
     assert (record["release_id"], record["from_release"], record["result"]) == ("r3", "r2", "rolled_back")
     assert project.current("dev-1") == project.current("dev-2") == "r2"
     assert dev_status(project)["current"] == "r2"
+
+
+def test_a_rollback_whose_lock_is_taken_over_stops_before_its_verify(crash_project: Project) -> None:
+    project = crash_project
+    seed_deployed(project, "dev", "r2")
+    for host in ("dev-1", "dev-2"):
+        (project.lab_root / host / "current").unlink()
+        project.on_host(host, "r2", current="r2")
+    project.env["ITOPCTL_LOCK_LEASE"] = "2"
+    project.marker("slow-rollback", "4")
+    proc = spawn(project, "rollback", "dev")
+    try:
+        wait_for(lambda: run_started(project, "rollback"), "the rollback run")
+        forced = project.run("lock", "dev", "--reason", "incident 43", "--force", user="bob")
+        assert forced.code == 0, forced.err
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.LOCK_LOST, err
+    assert "STOPPED: LOCK LOST during rollback" in out
+    record = project.run("history", "--json", "--limit", "1").json()[0]
+    assert (record["kind"], record["result"]) == ("rollback", "lock_lost")
+    assert "2 host(s) were switched to r1" in record["message"]
+    assert not any("-verify-" in p.name for p in (project.root / "runs").iterdir())
+    with project.store() as store:
+        lock = store.lock("dev")
+        assert lock is not None and (lock.owner, lock.reason) == ("bob", "incident 43")
