@@ -97,7 +97,7 @@ def test_kill_at_every_point_leaves_a_state_the_next_command_repairs(crash_proje
         proc = spawn(project, "deploy", "r2", **{KILL_AT: point})
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, (point, err)
-        if point.startswith("in-run-"):
+        if point.startswith("in-run-") and os.access(SHM, os.W_OK):
             assert secrets_of(proc.pid), point  # what kill -9 leaves behind...
 
         dev = dev_status(project)  # ...until the next itopctl: lock stale at once, secrets swept
