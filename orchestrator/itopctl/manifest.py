@@ -1,4 +1,10 @@
-"""Release manifests: an id and, per component, an artifact URI with its sha256 (docs/design.md)."""
+"""Release manifests: an id and, per component, an artifact URI with its sha256 (docs/design.md).
+
+Every rule (release id, sha256, URI schemes, component and extension names) is the collection's own
+(:mod:`itopctl.collection`), so a manifest itopctl accepts is one the release module accepts, and the reverse. A
+sha256 may be written in either case; it is stored in lower case, so the same release written twice in different
+cases is the same release (same canonical form and digest).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .collection import rules
 from .errors import bad_input
 from .yamlload import Checker, PathKey, load_yaml_file
 
-RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESERVED_IDS = frozenset({"current", "shared", "releases"})
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-SCHEMES = ("file://", "https://", "s3://")
+SCHEMES = tuple(f"{scheme}://" for scheme in rules.URI_SCHEMES)
 
 
 def check_release_id(value: str) -> str:
-    if not RELEASE_ID.match(value) or value in RESERVED_IDS:
-        raise bad_input(f"invalid release id {value!r}: expected {RELEASE_ID.pattern}, not current/shared/releases")
-    return value
+    """``value`` if the release module would accept it as a release id, else a bad-input error saying why."""
+    try:
+        return rules.validate_release_id(value)
+    except rules.ReleaseError as exc:
+        raise bad_input(str(exc)) from None
+
+
+def _full(checker: Checker, value: object, where: PathKey, pattern: re.Pattern[str], what: str) -> str | None:
+    """A non-empty string that fully matches ``pattern`` (as the module checks it), else an error at ``where``."""
+    text = checker.string(value, where)
+    if text is not None and not pattern.fullmatch(text):
+        checker.error(where, f"invalid {what} {text!r} (expected {pattern.pattern})")
+        return None
+    return text
 
 
 @dataclass(frozen=True)
@@ -47,11 +62,12 @@ class Manifest:
 def _artifact(checker: Checker, raw: object, where: PathKey, extra: set[str]) -> None:
     item = checker.mapping(raw, where, {"uri", "sha256", *extra})
     uri = checker.string(item.get("uri"), (*where, "uri"))
-    if uri and not uri.startswith(SCHEMES):
-        checker.error((*where, "uri"), f"unsupported scheme in {uri!r} (expected {', '.join(SCHEMES)})")
+    if uri and not rules.URI_RE.match(uri):
+        shown = rules.redact_uri(uri)
+        checker.error((*where, "uri"), f"unsupported scheme in {shown!r} (expected {', '.join(SCHEMES)})")
     sha = item.get("sha256")
-    if not isinstance(sha, str) or not SHA256.match(sha):
-        checker.error((*where, "sha256"), "must be 64 lowercase hex digits")
+    if not isinstance(sha, str) or not rules.SHA256_RE.fullmatch(sha):
+        checker.error((*where, "sha256"), "must be 64 hex digits (either case; stored in lower case)")
 
 
 def parse_manifest(data: object, checker: Checker) -> Manifest | None:
@@ -60,8 +76,8 @@ def parse_manifest(data: object, checker: Checker) -> Manifest | None:
         if not checker.errors:
             checker.error((), "empty manifest")
         return None
-    release_id = checker.string(top.get("id"), ("id",), pattern=RELEASE_ID)
-    if release_id in RESERVED_IDS:
+    release_id = _full(checker, top.get("id"), ("id",), rules.RELEASE_ID_RE, "release id")
+    if release_id in rules.RESERVED_IDS:
         checker.error(("id",), f"{release_id!r} is reserved")
     components = top.get("components")
     if not isinstance(components, dict) or not components:
@@ -69,8 +85,8 @@ def parse_manifest(data: object, checker: Checker) -> Manifest | None:
     else:
         for name, comp in components.items():
             where: PathKey = ("components", str(name))
-            if not re.match(r"^[a-z][a-z0-9_-]*$", str(name)):
-                checker.error(where, f"invalid component name {name!r}")
+            if not rules.COMPONENT_NAME_RE.fullmatch(str(name)):
+                checker.error(where, f"invalid component name {name!r} (expected {rules.COMPONENT_NAME_PATTERN})")
             _artifact(checker, comp, where, {"subdir", "extensions"})
             if isinstance(comp, dict) and "extensions" in comp:
                 exts = comp["extensions"]
@@ -81,10 +97,19 @@ def parse_manifest(data: object, checker: Checker) -> Manifest | None:
                     ext_where = (*where, "extensions", i)
                     _artifact(checker, ext, ext_where, {"name", "subdir"})
                     if isinstance(ext, dict):
-                        checker.string(ext.get("name"), (*ext_where, "name"), pattern=re.compile(r"^[A-Za-z0-9_-]+$"))
+                        _full(checker, ext.get("name"), (*ext_where, "name"), rules.EXTENSION_NAME_RE, "extension name")
     if checker.errors or release_id is None:
         return None
-    return Manifest(id=release_id, data=json.loads(json.dumps(top, default=str)))
+    return Manifest(id=release_id, data=_lower_sha256(json.loads(json.dumps(top, default=str))))
+
+
+def _lower_sha256(data: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with every sha256 in lower case (how it is stored; the module compares in lower case too)."""
+    for comp in data["components"].values():
+        comp["sha256"] = comp["sha256"].lower()
+        for ext in comp.get("extensions") or []:
+            ext["sha256"] = ext["sha256"].lower()
+    return data
 
 
 def load_manifest(path: Path) -> Manifest:

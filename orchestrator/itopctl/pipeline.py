@@ -44,11 +44,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .collection import rules
 from .errors import bad_input
 from .yamlload import Checker, PathKey, load_yaml_file
 
 DEFAULT_STAGES = ("dev", "test", "pprd", "prod")
-PHASES = ("prepare", "switch", "verify", "rollback")
+# the collection's phases (rules.DEPLOY_PHASES) but "full": itopctl runs prepare and switch apart, so that a failed
+# prepare switches nothing
+PHASES = tuple(phase for phase in rules.DEPLOY_PHASES if phase != "full")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

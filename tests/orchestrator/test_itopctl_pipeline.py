@@ -135,6 +135,6 @@ def test_manifest_validation(tmp_path: Path) -> None:
         load_manifest(bad)
     message = str(info.value)
     assert "bad.yml:1: id: 'current' is reserved" in message
-    assert "bad.yml:5: components.itop.sha256: must be 64 lowercase hex digits" in message
+    assert "bad.yml:5: components.itop.sha256: must be 64 hex digits (either case; stored in lower case)" in message
     assert "bad.yml:7: components.itop.extensions[0].uri: unsupported scheme" in message
     assert "components.itop.extensions[0].name: must be a non-empty string" in message
