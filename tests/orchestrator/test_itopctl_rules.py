@@ -126,6 +126,6 @@ def test_the_collection_is_found_in_the_repository() -> None:
 def test_no_copy_of_the_patterns_in_the_orchestrator() -> None:
     source = Path(collection.__file__).parent
     # (a stage name happens to follow the component name pattern: it is another rule, itopctl's own)
-    for pattern in (rules.RELEASE_ID_PATTERN, rules.SHA256_PATTERN, rules.URI_PATTERN, "[0-9a-f]{64}", "s3://\""):
+    for pattern in (rules.RELEASE_ID_PATTERN, rules.SHA256_PATTERN, rules.URI_PATTERN, "[0-9a-f]{64}", 's3://"'):
         for path in source.glob("*.py"):
             assert pattern not in path.read_text(encoding="utf-8"), (pattern, path)
