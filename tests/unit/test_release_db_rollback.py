@@ -77,3 +77,21 @@ def test_releases_left_by_a_restoring_rollback_need_a_fresh_prepare(
 def test_a_rollback_without_restore_marks_no_release_stale(three: ReleaseManager) -> None:
     three.rollback("r2")
     assert three.activate("r3", force=True)["current"] == "r3"  # bad only: force may bring it back
+
+
+def test_prune_removes_the_dumps_of_the_releases_it_removes(
+    deploy: Deploy, manager: ReleaseManager, tmp_path: Path
+) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for rid in ("r1", "r2", "r3", "r4"):
+        deploy(rid, activate=False)
+        (backups / f"{rid}.sql.gz").write_bytes(b"dump")
+        manager.annotate(rid, {"schema_version": rid, "db_dump": str(backups / f"{rid}.sql.gz")})
+        manager.activate(rid)
+    predicted = ReleaseManager(str(manager.root), owner_name="tester", check_mode=True).prune(keep=1)
+    assert predicted["removed_dumps"] == [str(backups / "r1.sql.gz"), str(backups / "r2.sql.gz")]
+    assert sorted(p.name for p in backups.iterdir()) == ["r1.sql.gz", "r2.sql.gz", "r3.sql.gz", "r4.sql.gz"]
+    result = manager.prune(keep=1)
+    assert result["removed"] == ["r1", "r2"]
+    assert sorted(p.name for p in backups.iterdir()) == ["r3.sql.gz", "r4.sql.gz"]

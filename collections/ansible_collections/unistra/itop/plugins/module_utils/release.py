@@ -928,6 +928,7 @@ class ReleaseManager:
             leftovers = self._leftovers()
             unknown = self._unjournaled(state)
             stale = unused_artifacts(releases, removed) if cache_dir else []
+            dumps = _dumps_of(releases, removed)
             changed = bool(removed or leftovers or unknown)
             if not self.check_mode:
                 for path in leftovers:
@@ -940,6 +941,7 @@ class ReleaseManager:
                     "remove": removed,
                     "cache_dir": cache_dir,
                     "stale": stale,
+                    "dumps": dumps,
                     "event_name": "prune",
                     "event": {"removed": removed, "keep": keep},
                 }
@@ -960,6 +962,7 @@ class ReleaseManager:
                 removed_tmp=[os.path.basename(p) for p in leftovers],
                 removed_unjournaled=unknown,
                 removed_cache=stale,
+                removed_dumps=dumps,
             )
 
     def _prune_disk(self, intent: Mapping[str, Any], current: str | None) -> None:
@@ -968,6 +971,10 @@ class ReleaseManager:
             if rid != current:  # never, even if someone moved current by hand since the decision
                 discard(self.release_path(rid), self.releases_dir)
                 crash_point("prune:removed")
+        for dump in intent.get("dumps", []):
+            # the database dumps an application recorded for these releases (metadata db_dump) go with them
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(dump)
         cache_dir = intent.get("cache_dir")
         for sha in intent.get("stale", []) if cache_dir else []:
             for name in (sha, f"{sha}.uris"):
@@ -1124,6 +1131,17 @@ class ReleaseManager:
         if not self.check_mode:
             write_json_atomic(self.deploy_lock_path, lock)
         state.lock = lock
+
+
+def _dumps_of(releases: Mapping[str, Mapping[str, Any]], removed: Sequence[str]) -> list[str]:
+    """The database dumps (metadata ``db_dump``, absolute paths) of ``removed`` that no kept release names."""
+
+    def dump(rid: str) -> str | None:
+        value = (releases[rid].get("metadata") or {}).get("db_dump")
+        return value if isinstance(value, str) and os.path.isabs(value) else None
+
+    kept = {dump(rid) for rid in releases if rid not in removed}
+    return sorted({d for rid in removed if (d := dump(rid)) and d not in kept})
 
 
 def _validate_shared_paths(paths: Iterable[str]) -> list[str]:

@@ -448,6 +448,14 @@ removed_cache:
   type: list
   elements: str
   sample: [5f0c6f9c2b2a41d1c0b8fa2b1a0c3a4e9d1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f]
+removed_dumps:
+  description:
+    - The database dumps (the C(db_dump) the application recorded in a release's metadata) removed by prune along
+      with their releases; a dump another kept release names stays.
+  returned: when O(operation=prune)
+  type: list
+  elements: str
+  sample: [/srv/itop/shared/backups/2026.10.02-1.sql.gz]
 removed_unjournaled:
   description: Release directories unknown to the journal (made by hand, or left by an older version), removed by prune.
   returned: when O(operation=prune)
