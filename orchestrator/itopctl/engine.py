@@ -7,8 +7,10 @@ switch batches).
 
 The stage lock is held for the whole deployment and renewed by a heartbeat (:mod:`itopctl.lease`); before every
 playbook run and every record written the deployment checks the lock is still its own (fencing) and stops with
-exit code 6 (``LOCK_LOST``) when it was taken over. The stage's state and gates are read again once the lock is
-held: what was read before may have been changed by a deployment that ran in between.
+exit code 6 (``LOCK_LOST``) when it was taken over.
+
+The stage's state and gates are read again once the lock is held: what was read before may have been changed by a
+deployment that ran in between.
 """
 
 from __future__ import annotations
@@ -288,9 +290,10 @@ class Orchestrator:
         self._check_files(stage, ("prepare", "switch", "verify", "rollback"))
         if check_only:
             return Outcome("ready", f"{release_id} can be promoted to {stage.name}", ExitCode.OK, gates=plan[2])
-        runner = self._require_runner()
+        self._require_runner()
         faults.point("before-lock")
-        with self._locked(stage, f"promote {release_id}") as lock:
+
+        def start() -> Outcome | _Start:
             # again, under the lock: a deployment that ran since the first look may have changed the stage
             plan = self._promotion_plan(release_id, stage)
             if isinstance(plan, Outcome):
@@ -300,19 +303,9 @@ class Orchestrator:
             current = state.current_release if state else None
             if state is not None and current == release.id:
                 current = state.previous_release
-            now = self.clock()
-            deployment_id = self.store.start_deployment(
-                kind="promote", release_id=release.id, stage=stage.name, from_release=current, who=self.user, now=now
-            )
-            self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
-            faults.point("locked")
-            promotion = _Promotion(self, runner, release, stage, current, deployment_id, lock)
-            try:
-                with promotion.interrupt.installed(), self._closed_on_error(deployment_id):
-                    outcome = promotion.run()
-            except LockLost as lost:
-                outcome = promotion.lock_lost(lost)
-            return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, checks)
+            return _Start("promote", release, state, current, gates=checks)
+
+        return self._deploy(stage, f"promote {release_id}", start, _Promotion)
 
     # -- rollback --------------------------------------------------------------------------------------
     def rollback_target(self, stage: Stage, current: str) -> str | None:
@@ -363,71 +356,52 @@ class Orchestrator:
         if isinstance(plan, Outcome):
             return plan
         self._check_files(stage, ("rollback", "verify"))
-        runner = self._require_runner()
-        with self._locked(stage, f"rollback to {plan[1]}") as lock:
+
+        def start() -> Outcome | _Start:
             plan = self._rollback_plan(stage, to)  # again under the lock, as for a promotion
             if isinstance(plan, Outcome):
                 return plan
             state, target = plan
-            current = state.current_release
             release = self.store.require_release(target)
+            return _Start("rollback", release, state, state.current_release, restore_db=restore_db, phase="rollback")
+
+        return self._deploy(stage, f"rollback to {plan[1]}", start, _Rollback)
+
+    # -- one deployment, whatever its kind ---------------------------------------------------------------
+    def _deploy(
+        self, stage: Stage, reason: str, start: Callable[[], Outcome | _Start], kind: type[_Deployment]
+    ) -> Outcome:
+        """The lifecycle every deployment shares: take the stage lock, decide again under it (``start``), record
+        the deployment and attach the lock to it, run its phases (``kind.run``, each run and record fenced) with
+        Ctrl-C deferred to phase boundaries, then finish the record and give the lock back. An unexpected error is
+        recorded as a failure (:meth:`_closed_on_error`), a lock taken over as ``lock_lost`` (:meth:`_lock_lost`),
+        each once, here."""
+        runner = self._require_runner()
+        with self._locked(stage, reason) as lock:
+            begun = start()
+            if isinstance(begun, Outcome):
+                return begun
             now = self.clock()
             deployment_id = self.store.start_deployment(
-                kind="rollback",
-                release_id=target,
+                kind=begun.kind,
+                release_id=begun.release.id,
                 stage=stage.name,
-                from_release=current,
+                from_release=begun.current,
                 who=self.user,
                 now=now,
-                restore_db=restore_db,
+                restore_db=begun.restore_db,
             )
             self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
-            self.store.update_deployment(deployment_id, phase="rollback")
-            interrupt = PhaseInterrupt(self.display)
-            interrupt.phase = "rollback"
-            runs: list[RunResult] = []
-
-            def play(phase: str, **more: Any) -> RunResult:
-                lock.check()
-                result = runner.run(
-                    phase=phase,
-                    playbook=stage.playbooks[phase],
-                    inventory=stage.inventory,
-                    extravars=self._extravars(release, stage, deployment_id, deploy_phase=phase, **more),
-                    project_dir=self.pipeline.path.parent,
-                )
-                runs.append(result)
-                return result
-
-            # a rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both
+            if begun.phase:
+                self.store.update_deployment(deployment_id, phase=begun.phase)
+            faults.point("locked")
+            deployment = kind(self, runner, begun, stage, deployment_id, lock)
             try:
-                with interrupt.installed(), self._closed_on_error(deployment_id):
-                    result = play("rollback", rollback_to=target, restore_db=restore_db)
-                    verified: RunResult | None = None
-                    if result.ok:
-                        # the operator must know the stage is healthy on the release it went back to
-                        with lock.fenced():
-                            self.store.update_deployment(deployment_id, phase="verify")
-                        verified = play("verify")
-                    status, health, message, code = _rollback_outcome(
-                        stage.name, state, target, restore_db, result, verified
-                    )
-                    with lock.fenced():
-                        record = self.store.finish_deployment(
-                            deployment_id,
-                            result=status,
-                            now=self.clock(),
-                            stage_state=health,
-                            message=message,
-                            runner_idents=[r.ident for r in runs],
-                            hosts=sorted(result.hosts, key=natural_key),
-                            switched_hosts=result.ok_hosts,
-                        )
+                with deployment.interrupt.installed(), self._closed_on_error(deployment_id):
+                    outcome = deployment.run()
             except LockLost as lost:
-                return self._lock_lost(
-                    deployment_id, lost, [r.ident for r in runs], runs[0].ok_hosts if runs else [], target, current
-                )
-            return Outcome(status, record.message, code, record)
+                outcome = deployment.lock_lost(lost)
+            return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, begun.gates)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
         self,
@@ -505,32 +479,49 @@ def _rollback_outcome(  # noqa: PLR0917 - the facts of one rollback, in one plac
     )
 
 
-class _Promotion:
-    """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes, each run and
-    each record only after checking the stage lock is still this promotion's (:meth:`record`, :meth:`play`)."""
+@dataclass(frozen=True)
+class _Start:
+    """What a deployment starts from, decided under the stage lock."""
+
+    kind: str  # promote | rollback
+    release: ReleaseRecord  # the release it deploys (a rollback: its target)
+    state: StageState | None  # the stage's state when the lock was taken
+    current: str | None  # what the stage runs before it (where an undo goes)
+    restore_db: bool = False
+    phase: str = ""  # the phase recorded at once, if any
+    gates: tuple[GateCheck, ...] = ()
+
+
+class _Deployment:
+    """One deployment's runs and records, each only after checking the stage lock is still its own (:meth:`record`,
+    :meth:`play`, :meth:`finish`); :meth:`run` is what a kind of deployment does (see :meth:`Orchestrator._deploy`)."""
 
     def __init__(  # noqa: PLR0917 - an internal value object built in one place
         self,
         orchestrator: Orchestrator,
         runner: PlaybookRunner,
-        release: ReleaseRecord,
+        start: _Start,
         stage: Stage,
-        current: str | None,
         deployment_id: int,
         lock: HeldLock,
     ) -> None:
         self.o = orchestrator
         self.store = orchestrator.store
         self.runner = runner
-        self.release = release
+        self.start = start
+        self.release = start.release
         self.stage = stage
-        self.current = current
+        self.current = start.current
         self.deployment_id = deployment_id
         self.lock = lock
         self.interrupt = PhaseInterrupt(orchestrator.display)
+        self.interrupt.phase = start.phase
         self.idents: list[str] = []
         self.switched: list[str] = []
-        self.extravars = orchestrator._extravars(release, stage, deployment_id)
+        self.extravars = orchestrator._extravars(start.release, stage, deployment_id)
+
+    def run(self) -> Outcome:
+        raise NotImplementedError
 
     def record(self, **values: Any) -> None:
         """Write to the deployment's record, if the lock is still ours (checked in the same transaction)."""
@@ -575,6 +566,37 @@ class _Promotion:
 
     def lock_lost(self, lost: LockLost) -> Outcome:
         return self.o._lock_lost(self.deployment_id, lost, self.idents, self.switched, self.release.id, self.current)
+
+
+class _Rollback(_Deployment):
+    """A rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both."""
+
+    def run(self) -> Outcome:
+        target, restore_db = self.release.id, self.start.restore_db
+        assert self.start.state is not None  # a rollback starts from a stage that runs something
+        result = self.play("rollback", None, rollback_to=target, restore_db=restore_db)
+        self.switched = result.ok_hosts
+        verified: RunResult | None = None
+        if result.ok:
+            # the operator must know the stage is healthy on the release it went back to
+            with self.lock.fenced():
+                self.store.update_deployment(self.deployment_id, phase="verify")
+            verified = self.play("verify", None)
+        status, health, message, code = _rollback_outcome(
+            self.stage.name, self.start.state, target, restore_db, result, verified
+        )
+        return self.finish(
+            status,
+            message,
+            code,
+            health,
+            hosts=sorted(result.hosts, key=natural_key),
+            switched_hosts=result.ok_hosts,
+        )
+
+
+class _Promotion(_Deployment):
+    """One promotion's phases: prepare all hosts, switch in batches, verify; recorded as it goes."""
 
     def rollback_switched(self, hosts: list[str]) -> RunResult:
         self.phase("rollback", record=False)  # the record keeps the phase that failed
