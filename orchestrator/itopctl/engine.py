@@ -7,7 +7,11 @@ switch batches).
 
 The stage lock is held for the whole deployment and renewed by a heartbeat (:mod:`itopctl.lease`); before every
 playbook run and every record written the deployment checks the lock is still its own (fencing) and stops with
-exit code 6 (``LOCK_LOST``) when it was taken over.
+exit code 6 (``LOCK_LOST``) when it was taken over. When the stage names its ``release_roots``, the stage lock's
+token also goes to every host (``deploy_lock_id``, with ``deploy_lock_lease``): the site playbooks take (or renew)
+the release engine's host lock with it on each root at the start of every phase and pass it on
+(``app_release_lock_id``), so nothing else changes those hosts meanwhile; when the deployment ends, whatever its
+outcome, itopctl gives those host locks back itself (:func:`itopctl.probe.release_host_locks`).
 
 The stage's state and gates are read again once the lock is held: what was read before may have been changed by a
 deployment that ran in between.
@@ -224,6 +228,35 @@ class Orchestrator:
             **more,
         }
 
+    def _host_lock_vars(self, stage: Stage, lock: HeldLock) -> dict[str, Any]:
+        """The host lock's token and lease for the playbooks: only where itopctl knows the roots, since it must be
+        able to give the lock back at the end (a lock it could not release would refuse the next deployment)."""
+        if not stage.release_roots:
+            return {}
+        return {"deploy_lock_id": lock.handle.record.token, "deploy_lock_lease": self.lock_lease}
+
+    def _release_hosts(self, stage: Stage, runner: PlaybookRunner, lock: HeldLock) -> None:
+        """Give back the host locks this deployment held; a failure is a warning (they expire with their lease)."""
+        if not stage.release_roots:
+            return
+        from .probe import release_host_locks  # noqa: PLC0415 - probe imports this module's neighbours only
+
+        try:
+            result = release_host_locks(runner, self.pipeline, stage, lock.handle.record.token)
+        except ItopctlError as exc:
+            problem = exc.message
+        else:
+            if result.ok:
+                return
+            problem = f"run {result.ident}: {result.status}" + (
+                f", failed on {', '.join(result.failed_hosts)}" if result.failed_hosts else ""
+            )
+        self.display.message(
+            f"warning: the host locks of this deployment on {stage.name} could not all be given back ({problem}); "
+            f"they expire within {self.lock_lease}s, or release them with the release module's operation=unlock "
+            "(owner and reason in each root's .deploy.lock)"
+        )
+
     @contextmanager
     def _closed_on_error(self, deployment_id: int) -> Iterator[None]:
         """A deployment that an unexpected error interrupts is recorded as failed, never left "running"."""
@@ -396,11 +429,14 @@ class Orchestrator:
                 self.store.update_deployment(deployment_id, phase=begun.phase)
             faults.point("locked")
             deployment = kind(self, runner, begun, stage, deployment_id, lock)
-            try:
-                with deployment.interrupt.installed(), self._closed_on_error(deployment_id):
-                    outcome = deployment.run()
-            except LockLost as lost:
-                outcome = deployment.lock_lost(lost)
+            with deployment.interrupt.installed():  # Ctrl-C waits for the host locks to be given back too
+                try:
+                    with self._closed_on_error(deployment_id):
+                        outcome = deployment.run()
+                except LockLost as lost:
+                    outcome = deployment.lock_lost(lost)
+                finally:
+                    self._release_hosts(stage, runner, lock)
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, begun.gates)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
@@ -518,7 +554,10 @@ class _Deployment:
         self.interrupt.phase = start.phase
         self.idents: list[str] = []
         self.switched: list[str] = []
-        self.extravars = orchestrator._extravars(start.release, stage, deployment_id)
+        self.extravars = {
+            **orchestrator._extravars(start.release, stage, deployment_id),
+            **orchestrator._host_lock_vars(stage, lock),
+        }
 
     def run(self) -> Outcome:
         raise NotImplementedError

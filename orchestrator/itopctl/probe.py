@@ -6,6 +6,10 @@ project) through the same :class:`~itopctl.runner.PlaybookRunner` as every phase
 ``unistra.itop.release`` with ``operation: info`` on each application root of the stage (``release_roots`` in the
 pipeline; paths may use Ansible variables, e.g. ``"{{ lab_root }}/{{ inventory_hostname }}"``). It changes
 nothing on the hosts. The module results are read back from the run's own event records.
+
+:func:`release_host_locks` runs the same way, with ``operation: unlock``: at the end of each promotion and rollback
+itopctl gives back the engine's host lock it held on every root with its stage-lock token (``deploy_lock_id``),
+whatever the outcome, since the site playbooks take it at the start of every phase but cannot know the last one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from .errors import bad_input
 from .pipeline import Pipeline, Stage
-from .runner import PlaybookRunner
+from .runner import PlaybookRunner, RunResult
 
 PROBE_TASK = "Read the release state of each application root"
 PROBE_PLAYBOOK = f"""\
@@ -35,6 +39,24 @@ PROBE_PLAYBOOK = f"""\
       loop_control:
         label: "{{{{ item.key }}}}"
       check_mode: true
+"""
+
+
+UNLOCK_TASK = "Give back the host lock of the deployment"
+UNLOCK_PLAYBOOK = f"""\
+# itopctl: the end of a deployment, the engine's host lock it held with its token given back on each root
+- name: Give back the deployment's host locks
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: {UNLOCK_TASK}
+      unistra.itop.release:
+        root: "{{{{ item.value }}}}"
+        operation: unlock
+        lock_id: "{{{{ deploy_lock_id }}}}"
+      loop: "{{{{ itopctl_probe_roots | dict2items }}}}"
+      loop_control:
+        label: "{{{{ item.key }}}}"
 """
 
 
@@ -88,6 +110,33 @@ def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:
     return found, sorted(set(unreachable))
 
 
+def _run_on_roots(
+    runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, phase: str, text: str, **more: Any
+) -> RunResult:
+    """One of itopctl's own playbooks (``text``) on every host of ``stage``, looping over its ``release_roots``."""
+    with tempfile.TemporaryDirectory(prefix=f"itopctl-{phase}-") as tmp:
+        playbook = Path(tmp) / f"{phase}.yml"
+        playbook.write_text(text, encoding="utf-8")
+        return runner.run(
+            phase=phase,
+            playbook=playbook,
+            inventory=stage.inventory,
+            extravars={
+                **stage.extra_vars,
+                "deploy_stage": stage.name,
+                "itopctl_probe_roots": dict(stage.release_roots),
+                **more,
+            },
+            project_dir=pipeline.path.parent,
+        )
+
+
+def release_host_locks(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, lock_id: str) -> RunResult:
+    """Unlock, on every root of every host of ``stage``, the engine's host lock held with ``lock_id`` (only that
+    one: another holder's lock is left alone; a root without a lock is left as it is)."""
+    return _run_on_roots(runner, pipeline, stage, "unlock", UNLOCK_PLAYBOOK, deploy_lock_id=lock_id)
+
+
 def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> StageProbe:
     if not stage.release_roots:
         raise bad_input(
@@ -96,20 +145,7 @@ def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> Sta
         )
     if not stage.inventory.exists():
         raise bad_input(f"inventory of stage {stage.name} not found: {stage.inventory}")
-    with tempfile.TemporaryDirectory(prefix="itopctl-probe-") as tmp:
-        playbook = Path(tmp) / "probe.yml"
-        playbook.write_text(PROBE_PLAYBOOK, encoding="utf-8")
-        result = runner.run(
-            phase="probe",
-            playbook=playbook,
-            inventory=stage.inventory,
-            extravars={
-                **stage.extra_vars,
-                "deploy_stage": stage.name,
-                "itopctl_probe_roots": dict(stage.release_roots),
-            },
-            project_dir=pipeline.path.parent,
-        )
+    result = _run_on_roots(runner, pipeline, stage, "probe", PROBE_PLAYBOOK)
     hosts, unreachable = _results(Path(result.private_data_dir))
     hosts.sort(key=lambda h: (h.host, h.app))
     releases = sorted({h.current or "(none)" for h in hosts})
