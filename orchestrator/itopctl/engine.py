@@ -11,7 +11,9 @@ exit code 6 (``LOCK_LOST``) when it was taken over. When the stage names its ``r
 token also goes to every host (``deploy_lock_id``, with ``deploy_lock_lease``): the site playbooks take (or renew)
 the release engine's host lock with it on each root at the start of every phase and pass it on
 (``app_release_lock_id``), so nothing else changes those hosts meanwhile; when the deployment ends, whatever its
-outcome, itopctl gives those host locks back itself (:func:`itopctl.probe.release_host_locks`).
+outcome, itopctl gives those host locks back itself (:func:`itopctl.probe.release_host_locks`); the store keeps the
+token until then, so the host locks of an itopctl killed before are given back by the next deployment of the stage
+before its first phase.
 
 The stage's state and gates are read again once the lock is held: what was read before may have been changed by a
 deployment that ran in between.
@@ -235,26 +237,30 @@ class Orchestrator:
             return {}
         return {"deploy_lock_id": lock.handle.record.token, "deploy_lock_lease": self.lock_lease}
 
-    def _release_hosts(self, stage: Stage, runner: PlaybookRunner, lock: HeldLock) -> None:
-        """Give back the host locks this deployment held; a failure is a warning (they expire with their lease)."""
-        if not stage.release_roots:
+    def _release_hosts(self, stage: Stage, runner: PlaybookRunner, held: dict[int, str]) -> None:
+        """Give back the host locks the deployments ``held`` (id -> token) hold; the store forgets them once done.
+        A failure is a warning: they expire with their lease, and the next deployment of the stage tries again."""
+        if not stage.release_roots or not held:
             return
         from .probe import release_host_locks  # noqa: PLC0415 - probe imports this module's neighbours only
 
         try:
-            result = release_host_locks(runner, self.pipeline, stage, lock.handle.record.token)
+            result = release_host_locks(runner, self.pipeline, stage, sorted(set(held.values())))
         except ItopctlError as exc:
             problem = exc.message
         else:
             if result.ok:
+                for deployment_id in held:
+                    self.store.hold_host_locks(deployment_id, None)
                 return
             problem = f"run {result.ident}: {result.status}" + (
                 f", failed on {', '.join(result.failed_hosts)}" if result.failed_hosts else ""
             )
+        whose = ", ".join(f"#{d}" for d in sorted(held))
         self.display.message(
-            f"warning: the host locks of this deployment on {stage.name} could not all be given back ({problem}); "
-            f"they expire within {self.lock_lease}s, or release them with the release module's operation=unlock "
-            "(owner and reason in each root's .deploy.lock)"
+            f"warning: the host locks of deployment(s) {whose} on {stage.name} could not all be given back "
+            f"({problem}); they expire within {self.lock_lease}s of their last phase, and the next deployment of "
+            f"{stage.name} gives them back first"
         )
 
     @contextmanager
@@ -427,6 +433,11 @@ class Orchestrator:
             self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
             if begun.phase:
                 self.store.update_deployment(deployment_id, phase=begun.phase)
+            own = {deployment_id: lock.handle.record.token} if stage.release_roots else {}
+            # what a killed itopctl left on the hosts would refuse this deployment: give it back first
+            self._release_hosts(stage, runner, self.store.held_host_locks(stage.name))
+            if own:
+                self.store.hold_host_locks(deployment_id, own[deployment_id])
             faults.point("locked")
             deployment = kind(self, runner, begun, stage, deployment_id, lock)
             with deployment.interrupt.installed():  # Ctrl-C waits for the host locks to be given back too
@@ -436,7 +447,7 @@ class Orchestrator:
                 except LockLost as lost:
                     outcome = deployment.lock_lost(lost)
                 finally:
-                    self._release_hosts(stage, runner, lock)
+                    self._release_hosts(stage, runner, own)
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, begun.gates)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment

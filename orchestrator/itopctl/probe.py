@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,15 @@ UNLOCK_PLAYBOOK = f"""\
   tasks:
     - name: {UNLOCK_TASK}
       unistra.itop.release:
-        root: "{{{{ item.value }}}}"
+        root: "{{{{ item.0.value }}}}"
         operation: unlock
-        lock_id: "{{{{ deploy_lock_id }}}}"
-      loop: "{{{{ itopctl_probe_roots | dict2items }}}}"
+        lock_id: "{{{{ item.1 }}}}"
+      loop: "{{{{ itopctl_probe_roots | dict2items | product(itopctl_lock_ids) | list }}}}"
       loop_control:
-        label: "{{{{ item.key }}}}"
+        label: "{{{{ item.0.key }}}}"
+      register: __itopctl_unlock
+      # a root locked by someone else now (its lease ran out and it was taken over) is theirs: left alone
+      failed_when: __itopctl_unlock is failed and 'another lock_id' not in (__itopctl_unlock.msg | default(''))
 """
 
 
@@ -131,10 +135,10 @@ def _run_on_roots(
         )
 
 
-def release_host_locks(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, lock_id: str) -> RunResult:
-    """Unlock, on every root of every host of ``stage``, the engine's host lock held with ``lock_id`` (only that
-    one: another holder's lock is left alone; a root without a lock is left as it is)."""
-    return _run_on_roots(runner, pipeline, stage, "unlock", UNLOCK_PLAYBOOK, deploy_lock_id=lock_id)
+def release_host_locks(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, lock_ids: Sequence[str]) -> RunResult:
+    """Unlock, on every root of every host of ``stage``, the engine's host lock held with one of ``lock_ids``
+    (only those: another holder's lock is left alone; a root without a lock is left as it is)."""
+    return _run_on_roots(runner, pipeline, stage, "unlock", UNLOCK_PLAYBOOK, itopctl_lock_ids=list(lock_ids))
 
 
 def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> StageProbe:

@@ -659,6 +659,20 @@ class Store:
                 ),
             )
 
+    def hold_host_locks(self, deployment_id: int, lock_id: str | None) -> None:
+        """Note the token a deployment holds the hosts' locks with (None: they were given back)."""
+        with self.transaction():
+            self.execute("UPDATE deployments SET host_lock_id = ? WHERE id = ?", (lock_id, deployment_id))
+
+    def held_host_locks(self, stage: str) -> dict[int, str]:
+        """Ended deployments of ``stage`` whose host locks were never given back (their itopctl was killed), by id."""
+        rows = self.rows(
+            "SELECT id, host_lock_id FROM deployments WHERE stage = ? AND host_lock_id IS NOT NULL "
+            "AND result <> 'running' ORDER BY id",
+            (stage,),
+        )
+        return {int(row[0]): str(row[1]) for row in rows}
+
     def renew_lock(self, handle: LockHandle, lease: int, now: datetime) -> bool:
         """The heartbeat: push the lease on; False when the lock is not this handle's any more (taken over)."""
         with self.transaction():

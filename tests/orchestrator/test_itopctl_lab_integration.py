@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from itopctl.errors import ExitCode
-from itopctl.faults import PAUSE_AT
+from itopctl.faults import KILL_AT, PAUSE_AT
 from itopctl_support import Project, backdate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,6 +198,23 @@ def test_a_promotion_holds_the_hosts_lock_against_a_run_by_hand(tmp_path: Path) 
         again = by_hand()  # nobody holds it now: a run by hand takes its own lock and gives it back
         assert again.returncode == 0, again.stdout
         assert _lock_file(host) is None
+
+        # an itopctl killed (kill -9) after its prepare leaves its host lock; the next deployment gives it back first
+        uri, sha = _artifact(artifacts, "r2")
+        (tmp_path / "r2.yml").write_text(
+            json.dumps({"id": "r2", "components": {"sample": {"uri": uri, "sha256": sha}}})
+        )
+        assert project.run("release", "add", str(tmp_path / "r2.yml")).code == 0
+        killed = subprocess.run(
+            [str(Path(sys.executable).parent / "itopctl"), "deploy", "r2"],
+            env={**os.environ, **env, "ITOPCTL_USER": "alice", KILL_AT: "prepared"},
+            capture_output=True, text=True, check=False, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert "itopctl #2: prepare of r2 on dev" in (_lock_file(host) or "")
+        redone = project.run("deploy", "r2", user="carol")
+        assert redone.code == ExitCode.OK, redone.err
+        assert _current(host) == "releases/r2" and _lock_file(host) is None
     finally:
         if proc is not None and proc.poll() is None:
             gate.touch()
