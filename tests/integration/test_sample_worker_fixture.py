@@ -38,6 +38,7 @@ MAX_RETRIES = 3
 # 20 events: every 7th fails (7, 14), every other 5th is slow (5, 10, 15, 20), the other 14 are recorded at once
 COUNT, SLOW_EVERY, FAIL_EVERY = 20, 5, 7
 FAILING = [f"x-{n:06d}" for n in range(FAIL_EVERY, COUNT + 1, FAIL_EVERY)]
+SLOW_AT_STOP = 8  # seconds: the slow event release 1 still runs when it is told to stop
 
 # What the celery_worker role writes (the test's own copy, as the contract says): the app reads it through
 # CELERY_CONFIG_MODULE. Its task_routes must not drop the app's routes.
@@ -215,11 +216,18 @@ class Lab:
         """Rows of ``query`` on the sample's database, one a line, columns separated by ``|``."""
         return self.sh('psql "$SAMPLE_WORKER_DATABASE_URL" -At -F "|" -c "$QUERY"', {**ENV, "QUERY": query})
 
-    def queues(self) -> dict[str, tuple[int, int]]:
-        """{queue: (messages, consumers)} as rabbitmqctl reports them."""
-        out = self.sh("rabbitmqctl list_queues -q --no-table-headers name messages consumers")
+    def list_queues(self, *columns: str) -> dict[str, list[int]]:
+        """{queue: [the columns' values]} as rabbitmqctl reports them."""
+        out = self.sh(f"rabbitmqctl list_queues -q --no-table-headers name {' '.join(columns)}")
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
-        return {name: (int(messages), int(consumers)) for name, messages, consumers in rows}
+        return {name: [int(value) for value in values] for name, *values in rows}
+
+    def queues(self) -> dict[str, tuple[int, int]]:
+        """{queue: (messages, consumers)}."""
+        return {name: (values[0], values[1]) for name, values in self.list_queues("messages", "consumers").items()}
+
+    def unacked(self, queue: str) -> int:
+        return self.list_queues("messages_unacknowledged").get(queue, [0])[0]
 
     def wait_for(self, what: str, probe: Any, timeout: float, unit: str) -> Any:
         """Poll probe() until it returns something true; on timeout, fail with the worker unit's journal."""
@@ -337,9 +345,15 @@ def _drive(lab: Lab, artifacts: Path) -> dict[str, Any]:
     seen["attempts"] = lab.psql("SELECT event_id, attempt, release FROM failed_attempts ORDER BY 1, 2")
     lap("20 events settled")
 
-    # release 2.0.0 takes over: its worker consumes, then release 1's gets a warm shutdown
+    # release 2.0.0 takes over while release 1 runs a slow event: r2's worker consumes, then r1's gets a warm
+    # shutdown, which waits for the slow event to be recorded (and acked) before the worker exits
+    lab.json(f"{r1}/sample-worker-produce --count 1 --prefix w --slow-every 1 --slow-seconds {SLOW_AT_STOP}", ENV)
+    lab.wait_for("r1 runs the slow event", lambda: lab.unacked("slow") == 1, timeout=10, unit="sw-worker-r1")
     _start_worker(lab, "r2", "t2")
+    stop = time.monotonic()
     lab.sh("systemctl stop sw-worker-r1")
+    seen["stop_seconds"] = seen["timings"]["warm stop of r1"] = round(time.monotonic() - stop, 1)
+    seen["report_w"] = lab.json(f"{r1}/sample-worker-report --prefix w", ENV)
     r2 = "/srv/sw/releases/r2/venv/bin"
     seen["produced_r2"] = lab.json(
         f"{r2}/sample-worker-produce --count 5 --prefix y --slow-every 5 --slow-seconds 1", _release_env("r2")
@@ -481,3 +495,11 @@ def test_release_2_records_its_release_and_a_second_delivery(lab_run: dict[str, 
     assert report["by_version"] == {"2.0.0": 5}
     assert lab_run["x1"] == "2|r1|1.0.0|r2"  # deliveries, first release and version, last release
     assert "Warm shutdown" in lab_run["journal_r1"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_warm_shutdown_lets_the_slow_event_finish(lab_run: dict[str, Any]) -> None:
+    report = lab_run["report_w"]
+    assert (report["processed"], report["by_release"], report["processed_twice"]) == (1, {"r1": 1}, 0)
+    assert lab_run["stop_seconds"] > 1, "systemctl stop did not wait for the running slow event"
