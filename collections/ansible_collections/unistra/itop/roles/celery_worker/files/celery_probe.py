@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What the Celery workers of one release are doing, seen from the broker: installed by unistra.itop.celery_worker.
 
 Run with the venv of the release being checked, in the environment of its units (systemd-run with their
@@ -38,7 +37,7 @@ def parse_nodes(specs: list[str]) -> dict[str, list[str]]:
     host = socket.gethostname()
     nodes = {}
     for spec in specs:
-        name, _, queues = spec.partition(":")
+        name, queues = spec.split(":", 1) if ":" in spec else (spec, "")
         nodes[name if "@" in name else f"{name}@{host}"] = [q for q in queues.split(",") if q]
     return nodes
 
@@ -49,8 +48,8 @@ def queue_counts(app: Celery, queues: set[str]) -> dict[str, dict[str, Any]]:
         for queue in sorted(queues):
             channel = conn.channel()
             try:
-                _, messages, consumers = channel.queue_declare(queue=queue, passive=True)
-                counts[queue] = {"messages": messages, "consumers": consumers}
+                declared = channel.queue_declare(queue=queue, passive=True)
+                counts[queue] = {"messages": declared.message_count, "consumers": declared.consumer_count}
             except Exception as exc:  # a missing queue closes the channel: report it, go on
                 counts[queue] = {"messages": None, "consumers": 0, "error": str(exc).splitlines()[0]}
             finally:
