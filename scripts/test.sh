@@ -19,12 +19,33 @@ step() {
   else failed=$((failed + 1)); failures+=("$name"); printf '===== %s: FAILED (%ss)\n' "$name" $((SECONDS - t0)); fi
 }
 
+# Independent suites run side by side (2 cores: ansible-lint and ansible-test each keep one busy); each one's output
+# is printed whole when it ends, in the order they were started.
+bg_names=(); bg_pids=(); bg_logs=(); bg_t0=$SECONDS
+step_bg() {
+  local name=$1; shift
+  local log; log=$(mktemp)
+  ( "$@" ) >"$log" 2>&1 &
+  bg_names+=("$name"); bg_pids+=("$!"); bg_logs+=("$log")
+}
+wait_bg() {
+  local i
+  for i in "${!bg_pids[@]}"; do
+    printf '\n===== %s =====\n' "${bg_names[$i]}"
+    if wait "${bg_pids[$i]}"; then cat "${bg_logs[$i]}"; passed=$((passed + 1)); printf '===== %s: ok (%ss since the start)\n' "${bg_names[$i]}" $((SECONDS - bg_t0))
+    else cat "${bg_logs[$i]}"; failed=$((failed + 1)); failures+=("${bg_names[$i]}"); printf '===== %s: FAILED\n' "${bg_names[$i]}"; fi
+    rm -f "${bg_logs[$i]}"
+  done
+  bg_names=(); bg_pids=(); bg_logs=()
+}
+
 lint() {
+  bg_t0=$SECONDS
+  step_bg ansible-lint ansible-lint --profile production
+  step_bg ansible-test-sanity bash scripts/sanity.sh
   step ruff ruff check .
   step ruff-format ruff format --check .
   step mypy mypy
-  step ansible-lint ansible-lint --profile production
-  step ansible-test-sanity bash scripts/sanity.sh
 }
 
 molecule_all() {
@@ -39,9 +60,11 @@ case "$what" in
   fast)
     lint
     step pytest-unit pytest -q -m "not docker and not postgres and not slow" tests
+    wait_bg
     ;;
   all)
     lint
+    wait_bg
     UNISTRA_ITOP_STRICT_SKIPS=1 step pytest pytest -q tests
     molecule_all
     ;;

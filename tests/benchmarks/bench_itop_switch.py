@@ -227,6 +227,9 @@ def main() -> int:
         "iTop answers 503 (maintenance) while the dump is restored, counted in maintenance_503",
     )
     args = parser.parse_args()
+    # molecule and ansible-playbook come from the venv this script runs with, activated or not
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
 
     if args.converge:
         subprocess.run(["molecule", "converge", "-s", "itop"], cwd=ROOT, check=True)

@@ -244,6 +244,9 @@ def main() -> int:
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="give up waiting after N s with no progress")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    # molecule and ansible-playbook come from the venv this script runs with, activated or not
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
     if args.tasks < 2000:
         parser.error("--tasks must be at least 2000: the switch must happen under a real stream")
 
