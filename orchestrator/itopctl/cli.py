@@ -267,6 +267,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         state = states.get(name)
         lock = locks.get(name)
         live_lock = lock if lock is not None and not lock.expired(now) else None
+        last = ctx.store.deployment(state.deployment_id) if state and state.deployment_id is not None else None
         rows.append(
             {
                 "stage": name,
@@ -276,6 +277,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                 "who": state.updated_by if state else None,
                 "health": state.health if state else "never deployed",
                 "deployment": state.deployment_id if state else None,
+                "warnings": last.warnings if last else [],  # those of the deployment that set this state
                 "lock": (
                     {"owner": live_lock.owner, "kind": live_lock.kind, "reason": live_lock.reason,
                      "expires_at": live_lock.expires_at}
@@ -298,6 +300,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             ["stage", "current", "previous", "when", "who", "health", "lock"],
         )
     )  # fmt: skip
+    for r in rows:
+        for warning in r["warnings"]:
+            ctx.print(f"warning: {r['stage']} (deployment #{r['deployment']}): {warning}")
     return ExitCode.OK
 
 
@@ -346,10 +351,11 @@ def _history_table(deployments: Sequence[Any]) -> str:
             [
                 d.id, d.stage, d.kind, d.release_id, d.from_release, d.result, d.phase, d.started_by,
                 _short(d.started_at), f"{d.duration:.1f}s" if d.duration is not None else "", len(d.hosts),
+                len(d.warnings) or "",
             ]
             for d in deployments
         ],
-        ["#", "stage", "kind", "release", "from", "result", "phase", "by", "started", "took", "hosts"],
+        ["#", "stage", "kind", "release", "from", "result", "phase", "by", "started", "took", "hosts", "warnings"],
     )  # fmt: skip
 
 

@@ -744,6 +744,7 @@ class _Promotion(_Deployment):
     def succeeded(self, hosts: list[str], ledger: SwitchLedger) -> Outcome:
         release, stage = self.release, self.stage
         sentry = ""
+        warnings: list[str] = []
         if stage.sentry is not None:
             record = self.store.deployment(self.deployment_id)
             outcome = record_deploy(
@@ -755,6 +756,7 @@ class _Promotion(_Deployment):
             )
             sentry = outcome.summary()
             if not outcome.recorded:
+                warnings.append(f"Sentry {sentry}")
                 self.o.display.message(f"warning: Sentry {sentry}")
         return self.finish(
             "succeeded",
@@ -765,4 +767,5 @@ class _Promotion(_Deployment):
             verified=True,
             switched_hosts=ledger.switched,
             sentry=sentry,
+            warnings=warnings,
         )

@@ -7,6 +7,7 @@ in its environment only: it is never written to the state store, the pipeline or
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,19 @@ class SentryOutcome:
 
     def summary(self) -> str:
         return ("recorded: " if self.recorded else "not recorded: ") + self.detail
+
+
+def cli_error(text: str, limit: int = 300) -> str:
+    """sentry-cli's error in one line: its message and causes, without the backtrace and the hints that follow."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("Stack backtrace:", "Add --log-level", "Please attach")):
+            break
+        line = re.sub(r"^(error:|\d+:)\s*", "", line, flags=re.IGNORECASE)
+        if line and line != "Caused by:" and line not in lines:
+            lines.append(line)
+    return "; ".join(lines)[:limit]
 
 
 def find_sentry_cli() -> str | None:
@@ -44,7 +58,8 @@ def record_deploy(
     timeout: float = 60.0,
 ) -> SentryOutcome:
     """``releases new`` + ``releases finalize`` + ``deploys new``. Never raises: Sentry is not worth a failed
-    deployment; the outcome (and its reason when not recorded) goes into the deployment record."""
+    deployment (an endpoint down, an HTTP error, a missing token or binary); the outcome, and its reason when not
+    recorded, goes into the deployment record, and the engine adds a warning."""
     env_in = os.environ if environ is None else environ
     token = env_in.get(config.token_env)
     if not token:
@@ -59,6 +74,9 @@ def record_deploy(
             "SENTRY_ORG": config.org,
             "SENTRY_AUTH_TOKEN": token,
             "SENTRY_DISABLE_UPDATE_CHECK": "true",
+            # sentry-cli retries a 5xx five times with back-off (15 s per command); two keep a blip from costing
+            # the marker without making every deploy during an outage wait.
+            "SENTRY_HTTP_MAX_RETRIES": "2",
         }
     )
     commands = [
@@ -86,6 +104,6 @@ def record_deploy(
         except (OSError, subprocess.TimeoutExpired) as exc:
             return SentryOutcome(False, f"{' '.join(command[1:3])}: {exc}")
         if proc.returncode != 0:
-            err = (proc.stderr or proc.stdout).strip().replace(token, "********")
-            return SentryOutcome(False, f"{' '.join(command[1:3])} failed: {err[-300:]}")
+            err = cli_error((proc.stderr or proc.stdout).replace(token, "********"))
+            return SentryOutcome(False, f"{' '.join(command[1:3])} failed: {err or f'exit code {proc.returncode}'}")
     return SentryOutcome(True, f"release {release}, deploy to {environment} ({config.url})")

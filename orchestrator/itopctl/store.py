@@ -118,19 +118,20 @@ class DeploymentRecord:
     switched_hosts: list[str] = field(default_factory=list)
     runner_idents: list[str] = field(default_factory=list)
     message: str = ""
-    sentry: str = ""
+    sentry: str = ""  # the Sentry markers' outcome: "recorded: ..." or "not recorded: <why>" ("" without Sentry)
     restore_db: bool = False
+    warnings: list[str] = field(default_factory=list)  # what went wrong without failing it (schema 4)
 
 
 _DEPLOYMENT_COLUMNS = (
     "id, kind, release_id, stage, from_release, started_by, started_at, finished_at, duration, result, phase, "
-    "verified, stage_release, hosts, switched_hosts, runner_idents, message, sentry, restore_db"
+    "verified, stage_release, hosts, switched_hosts, runner_idents, message, sentry, restore_db, warnings"
 )
 
 
 def _deployment(row: Sequence[Any]) -> DeploymentRecord:
     values = list(row)
-    for i in (13, 14, 15):
+    for i in (13, 14, 15, 19):
         values[i] = json.loads(values[i])
     values[11] = bool(values[11])
     values[18] = bool(values[18])
@@ -454,7 +455,7 @@ class Store:
             if key not in allowed:
                 raise ValueError(key)
             sets.append(f"{key} = ?")
-            if key in ("hosts", "switched_hosts", "runner_idents"):
+            if key in ("hosts", "switched_hosts", "runner_idents", "warnings"):
                 params.append(json.dumps(list(value)))
             elif key in ("verified", "restore_db"):
                 params.append(int(bool(value)))

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from itopctl_support import Project, make_project
+
+# The fake Sentry lives with the fixtures (a Molecule scenario runs it in a container too): import it as
+# ``fake_sentry`` without putting tests/fixtures (whose sample apps would shadow the real ones) on sys.path.
+_spec = importlib.util.spec_from_file_location("fake_sentry", Path(__file__).parents[1] / "fixtures" / "fake_sentry.py")
+assert _spec is not None and _spec.loader is not None
+sys.modules["fake_sentry"] = _fake_sentry = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fake_sentry)
 
 PG_URL = os.environ.get("ITOPCTL_TEST_PG_URL", "postgresql://itopctl:itopctl@127.0.0.1:5432/itopctl_test")
 

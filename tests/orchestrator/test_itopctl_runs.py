@@ -3,16 +3,18 @@ while one runs, batches with a failing switch, Sentry."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from fake_sentry import fake_sentry
 from itopctl.errors import ExitCode
-from itopctl_fake_sentry import fake_sentry
 from itopctl_support import Project, backdate, seed_deployed
 
 ITOPCTL = str(Path(sys.executable).parent / "itopctl")
@@ -172,14 +174,61 @@ def test_sentry_release_and_deploy_recorded_token_never_stored(sqlite_project: P
         result = project.run("deploy", "r1", "--json")
     assert result.code == 0, result.err
     assert result.json()["deployment"]["sentry"].startswith("recorded: release r1, deploy to dev")
-    assert [(c.method, c.path) for c in sentry.calls] == [
+    assert [(c["method"], c["path"]) for c in sentry.calls] == [
         ("POST", "/api/0/organizations/unistra/releases/"),
         ("PUT", "/api/0/organizations/unistra/releases/r1/"),
         ("POST", "/api/0/organizations/unistra/releases/r1/deploys/"),
     ]
-    assert all(c.authorization == f"Bearer {token}" for c in sentry.calls)
-    assert sentry.calls[0].body["projects"] == ["itop"] and sentry.calls[2].body["environment"] == "dev"
+    assert all(c["authorization"] == f"Bearer {token}" for c in sentry.calls)
+    assert sentry.calls[0]["body"]["projects"] == ["itop"] and sentry.calls[2]["body"]["environment"] == "dev"
+    assert sentry.calls[0]["body"]["version"] == "r1" and sentry.calls[2]["body"]["name"].startswith("itopctl #")
+    assert result.json()["deployment"]["warnings"] == [] and "warning" not in result.err
     db = Path(project.state_url.removeprefix("sqlite:///"))
     for path in [db, *(project.root / "runs").rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# sentry-cli retries a 5xx with back-off: a few seconds more per deploy, hence slow.
+@pytest.mark.parametrize("outage", ["endpoint down", pytest.param("http 503", marks=pytest.mark.slow)])
+def test_sentry_outage_never_fails_a_deploy_it_warns_and_records_it(sqlite_project: Project, outage: str) -> None:
+    project = sqlite_project
+    with contextlib.ExitStack() as stack:
+        if outage == "endpoint down":
+            url, detail = f"http://127.0.0.1:{_closed_port()}/", "Could not connect to server"
+        else:
+            url, detail = stack.enter_context(fake_sentry(fail_status=503)).url, "http status: 503"
+        project.edit_pipeline(
+            "  - name: dev\n",
+            f"  - name: dev\n    sentry: {{url: '{url}', org: unistra, project: itop, "
+            "token_env: ITOPCTL_TEST_SENTRY}\n",
+        )
+        project.env["ITOPCTL_TEST_SENTRY"] = "sntrys_outage"
+        project.add("r1")
+        result = project.run("deploy", "r1", "--json")
+    assert result.code == 0, result.err
+    record = result.json()["deployment"]
+    assert record["result"] == "succeeded" and record["verified"] is True
+    assert record["sentry"].startswith("not recorded: releases new failed: ") and detail in record["sentry"]
+    assert "Stack backtrace" not in record["sentry"] and "sntrys_outage" not in record["sentry"]
+    assert record["warnings"] == [f"Sentry {record['sentry']}"]
+    assert f"warning: Sentry {record['sentry']}" in result.err  # printed while it runs
+    [shown] = project.run("history", "--json").json()
+    assert shown["id"] == record["id"] and shown["warnings"] == record["warnings"]
+    assert project.run("history").out.splitlines()[1].split()[-1] == "1"  # the WARNINGS column
+    [dev] = [s for s in project.run("status", "--json").json() if s["stage"] == "dev"]
+    assert (dev["current"], dev["health"], dev["warnings"]) == ("r1", "healthy", record["warnings"])
+    assert f"warning: dev (deployment #{record['id']}): Sentry not recorded" in project.run("status").out
+    # No token: no marker either, and again only a warning.
+    project.env.pop("ITOPCTL_TEST_SENTRY")
+    project.add("r2")
+    again = project.run("deploy", "r2", "--json")
+    assert again.code == 0 and again.json()["deployment"]["warnings"] == [
+        "Sentry not recorded: environment variable ITOPCTL_TEST_SENTRY is not set"
+    ]

@@ -80,3 +80,22 @@ def test_own_manual_lock_is_borrowed_by_a_deployment_and_given_back(state_url: s
         taken = store.acquire_lock("dev", owner="y", reason="p", kind="deploy", lease=60, now=later)
         assert taken.event == "takeover_expired"
         assert store.deployment(dep).result == "abandoned"
+
+
+def test_schema_4_adds_deployment_warnings_to_an_existing_store(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = Store.migration_files()
+    monkeypatch.setattr(Store, "migration_files", staticmethod(lambda: [f for f in files if f[0] <= 3]))
+    now = utcnow()
+    with Store.open(state_url) as store:
+        assert store.schema_version() == 3
+        store.add_release(manifest("r1"), "alice", now)
+        old = store.start_deployment(kind="promote", release_id="r1", stage="dev", from_release=None, who="a", now=now)
+    monkeypatch.undo()
+    with Store.open(state_url) as store:
+        assert store.schema_version() == 4
+        assert store.deployment(old).warnings == []
+        new = store.start_deployment(kind="promote", release_id="r1", stage="dev", from_release=None, who="a", now=now)
+        store.finish_deployment(new, result="succeeded", now=now, stage_state=None, warnings=["Sentry not recorded: x"])
+        assert store.deployment(new).warnings == ["Sentry not recorded: x"]
