@@ -25,7 +25,6 @@ stale response relative to the switch and to the php-fpm reload, and the wall ti
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -37,20 +36,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "molecule" / "itop"
+from molecule_lab import Sample, converge, playbook, use_the_venv
+
 ITOP_ROOT = "/srv/itop"
 APPROOT_RE = re.compile(r"approot: \S+/releases/([^\s<]+)")
-
-
-@dataclass
-class Sample:
-    sent: float
-    done: float
-    status: int
-    release: str | None
 
 
 @dataclass
@@ -130,14 +120,6 @@ def docker_py(container: str, code: str) -> str:
     return sh("docker", "exec", container, "python3", "-c", code).strip()
 
 
-def molecule_dir() -> Path:
-    dirs = sorted(glob.glob("/root/.ansible/tmp/molecule.*.itop"), key=os.path.getmtime)
-    dirs = [d for d in dirs if os.path.isdir(os.path.join(d, "inventory"))]
-    if not dirs:
-        raise SystemExit("no Molecule inventory for scenario itop: run `molecule converge -s itop` or pass --converge")
-    return Path(dirs[-1])
-
-
 def current_release(container: str) -> str:
     return os.path.basename(sh("docker", "exec", container, "readlink", f"{ITOP_ROOT}/current").strip())
 
@@ -175,28 +157,6 @@ def reload_time(container: str, since: float) -> float | None:
     return None
 
 
-def playbook(mdir: Path, *extra: str) -> float:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(mdir / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_ROLES_PATH=str(ROOT / "collections/ansible_collections/unistra/itop/roles"),
-        ANSIBLE_PIPELINING="true",
-        ANSIBLE_FORCE_COLOR="0",
-        MOLECULE_EPHEMERAL_DIRECTORY=str(mdir),
-    )
-    args = ["ansible-playbook", "-i", str(mdir / "inventory"), str(SCENARIO / "converge.yml")]
-    for item in extra:
-        args += ["-e", item]
-    t0 = time.time()
-    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-2000:])
-        raise SystemExit(f"playbook failed ({' '.join(extra)})")
-    return wall
-
-
 def measured(window: Window, url: str, minimum: int, container: str, run: Callable[[], float]) -> Window:
     client = Client(url, minimum)
     client.start()
@@ -227,13 +187,10 @@ def main() -> int:
         "iTop answers 503 (maintenance) while the dump is restored, counted in maintenance_503",
     )
     args = parser.parse_args()
-    # molecule and ansible-playbook come from the venv this script runs with, activated or not
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
+    use_the_venv()
 
     if args.converge:
-        subprocess.run(["molecule", "converge", "-s", "itop"], cwd=ROOT, check=True)
-    mdir = molecule_dir()
+        converge("itop")
     # The scenario publishes the web container's port 80 on the host's loopback: the client loads loopback only.
     url = args.url
     old = current_release(args.web)
@@ -245,13 +202,13 @@ def main() -> int:
     if args.schema_change:
         rollback_vars.append("itop_rollback_restore_db=true")
     t0 = time.time()
-    prepare_s = playbook(mdir, *common, "itop_deploy_phase=prepare")
+    prepare_s = playbook("itop", *common, "itop_deploy_phase=prepare")
     switch = measured(
         Window("deploy switch", old, new),
         url,
         args.min_requests,
         args.web,
-        lambda: playbook(mdir, *common, "itop_deploy_phase=switch"),
+        lambda: playbook("itop", *common, "itop_deploy_phase=switch"),
     )
     deploy_s = time.time() - t0
     rollback = measured(
@@ -259,7 +216,7 @@ def main() -> int:
         url,
         args.min_requests,
         args.web,
-        lambda: playbook(mdir, *rollback_vars),
+        lambda: playbook("itop", *rollback_vars),
     )
     figures = {
         "deploy_prepare_wall_s": round(prepare_s, 2),

@@ -22,19 +22,17 @@ fewest and most consumers seen, and the wall time of the playbook (the switch, t
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "molecule" / "messaging"
+from molecule_lab import converge, playbook, use_the_venv
+
+SCENARIO = "messaging"
 WORKER_ROOT = "/srv/unistra/worker"
 QUEUES = ("tickets", "slow")
 # inside the throwaway worker container
@@ -129,37 +127,6 @@ def in_worker(container: str, *argv: str, background: str = "") -> str:
     return sh("docker", "exec", container, *IN_WORKER_ENV, *(mode or ["--wait", "--pipe"]), *argv)
 
 
-def molecule_dir() -> Path:
-    dirs = sorted(glob.glob("/root/.ansible/tmp/molecule.*.messaging"), key=os.path.getmtime)
-    dirs = [d for d in dirs if os.path.isdir(os.path.join(d, "inventory"))]
-    if not dirs:
-        raise SystemExit(
-            "no Molecule inventory for scenario messaging: run `molecule converge -s messaging` or pass --converge"
-        )
-    return Path(dirs[-1])
-
-
-def playbook(mdir: Path, *extra: str) -> float:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_ROLES_PATH=str(ROOT / "collections/ansible_collections/unistra/itop/roles"),
-        ANSIBLE_PIPELINING="true",
-        ANSIBLE_FORCE_COLOR="0",
-        MOLECULE_EPHEMERAL_DIRECTORY=str(mdir),
-    )
-    args = ["ansible-playbook", "-i", str(mdir / "inventory"), str(SCENARIO / "converge.yml"), "--limit", "workers"]
-    for item in extra:
-        args += ["-e", item]
-    t0 = time.time()
-    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-2000:])
-        raise SystemExit(f"playbook failed ({' '.join(extra)})")
-    return wall
-
-
 def current_release(container: str) -> str:
     return sh("docker", "exec", container, "readlink", f"{WORKER_ROOT}/current").strip().rsplit("/", 1)[-1]
 
@@ -206,7 +173,7 @@ def wait_processed(container: str, prefix: str, expected: int, idle_timeout: flo
         time.sleep(1)
 
 
-def measured(window: Window, mdir: Path, container: str, args: argparse.Namespace, *extra: str) -> Window:
+def measured(window: Window, container: str, args: argparse.Namespace, *extra: str) -> Window:
     monitor = Monitor(container, current_release(container))
     monitor.start()
     in_worker(
@@ -217,7 +184,7 @@ def measured(window: Window, mdir: Path, container: str, args: argparse.Namespac
         background=f"bench-producer-{window.prefix}",
     )  # fmt: skip
     time.sleep(1.0)  # tasks flow to the release in place before anything moves
-    window.wall_s = playbook(mdir, *extra)
+    window.wall_s = playbook(SCENARIO, *extra, limit="workers")
     unit = f"bench-producer-{window.prefix}"
     while sh("docker", "exec", container, "systemctl", "is-active", unit, check=False).strip() in (
         "active",
@@ -244,24 +211,21 @@ def main() -> int:
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="give up waiting after N s with no progress")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    # molecule and ansible-playbook come from the venv this script runs with, activated or not
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
+    use_the_venv()
     if args.tasks < 2000:
         parser.error("--tasks must be at least 2000: the switch must happen under a real stream")
 
     if args.converge:
-        subprocess.run(["molecule", "converge", "-s", "messaging"], cwd=ROOT, check=True)
-    mdir = molecule_dir()
+        converge(SCENARIO)
     old = current_release(args.worker)
     new = f"bench-{int(time.time())}"
     print(f"worker {args.worker}: current {old}; benchmark release {new}", file=sys.stderr)
     common = [f"celery_worker_release_id={new}", "worker_fixture_release=r2"]
 
-    prepare_s = playbook(mdir, *common, "celery_worker_deploy_phase=prepare")
-    switch = measured(Window("deploy switch", old, new, f"{new}-switch"), mdir, args.worker, args,
+    prepare_s = playbook(SCENARIO, *common, "celery_worker_deploy_phase=prepare", limit="workers")
+    switch = measured(Window("deploy switch", old, new, f"{new}-switch"), args.worker, args,
                       *common, "celery_worker_deploy_phase=switch")  # fmt: skip
-    rollback = measured(Window("rollback", new, old, f"{new}-rollback"), mdir, args.worker, args,
+    rollback = measured(Window("rollback", new, old, f"{new}-rollback"), args.worker, args,
                         "celery_worker_action=rollback", f"celery_worker_rollback_to={old}")  # fmt: skip
     windows = [switch.figures(), rollback.figures()]
     result = {"prepare_wall_s": round(prepare_s, 2), "windows": windows}
