@@ -21,6 +21,7 @@ from fake_sentry import fake_sentry, parse_envelope
 HERE = Path(__file__).resolve().parent
 FAKE_SENTRY = HERE.parent / "fixtures" / "fake_sentry.py"
 SDK_VERSION = "2.75.0"
+SAMPLE_WORKER_BUILD = HERE.parent / "fixtures" / "sample_worker" / "build.py"
 # The wheels the sample worker's build downloads once (tests/fixtures/sample_worker/build.py).
 WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unistra-itop" / "wheels"
 SDK_WHEELS = (f"sentry_sdk-{SDK_VERSION}-", "urllib3-", "certifi-")
@@ -60,9 +61,14 @@ def sdk_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     target = tmp_path_factory.mktemp("sentry-sdk")
     if request.param == "cache":
         wheels = [next(iter(sorted(WHEEL_CACHE.glob(f"{prefix}*.whl"))), None) for prefix in SDK_WHEELS]
-        if None in wheels:
-            pytest.skip(f"sentry-sdk {SDK_VERSION} and its wheels are not in {WHEEL_CACHE}: build the sample worker "
-                        "once (python3 tests/fixtures/sample_worker/build.py OUTDIR)")  # fmt: skip
+        if None in wheels:  # a new machine: the sample worker's build downloads them into the cache (a few seconds)
+            subprocess.run(
+                [sys.executable, str(SAMPLE_WORKER_BUILD), str(tmp_path_factory.mktemp("sample-worker"))],
+                check=True,
+                capture_output=True,
+            )
+            wheels = [next(iter(sorted(WHEEL_CACHE.glob(f"{prefix}*.whl"))), None) for prefix in SDK_WHEELS]
+        assert None not in wheels, f"sentry-sdk {SDK_VERSION} and its wheels are not in {WHEEL_CACHE}"
         for wheel in wheels:  # pure-Python wheels: unzipped, they are importable as they are
             assert wheel is not None
             with zipfile.ZipFile(wheel) as archive:
