@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -195,13 +194,8 @@ def _events(lab: Lab, directory: str) -> list[dict[str, Any]]:
 
 def _drive(lab: Lab, hub_artifacts: Path, worker_artifacts: Path) -> dict[str, Any]:
     """Everything the lab tests look at, gathered in one pass through one container."""
-    seen: dict[str, Any] = {"timings": {}}
-    clock = time.monotonic()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        seen["timings"][step] = round(time.monotonic() - clock, 1)
-        clock = time.monotonic()
+    seen: dict[str, Any] = {"timings": lab.timings}
+    lap = lab.lap
 
     def env(release: str, **more: str) -> dict[str, str]:
         return {**HUB_ENV, "UNISTRA_RELEASE_ID": release, **more}
@@ -210,19 +204,7 @@ def _drive(lab: Lab, hub_artifacts: Path, worker_artifacts: Path) -> dict[str, A
         args = f"/srv/sh/run/{release}.sock {method} {path}"
         return lab.json(f"python3 /srv/sh/client.py {args} " + (f"'{json.dumps(body)}'" if body else ""))
 
-    lab.wait_for(
-        "systemd is running",
-        lambda: lab.sh("systemctl is-system-running", check=False).strip() in {"running", "degraded"},
-        timeout=30,
-        unit="init.scope",
-    )
-    lab.sh(
-        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-        " rabbitmq-server postgresql python3-venv && systemctl start rabbitmq-server postgresql"
-        " && rabbitmqctl await_startup -q",
-        timeout=400,
-    )
-    lap("apt")
+    lab.start_services()
 
     lab.sh("mkdir -p /srv/sh /srv/sw")
     subprocess.run(["docker", "cp", f"{hub_artifacts}/.", f"{lab.name}:/srv/sh/artifacts"], check=True, timeout=60)

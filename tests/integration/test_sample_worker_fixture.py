@@ -196,6 +196,29 @@ class Lab:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.timings: dict[str, float] = {}
+        self._clock = time.monotonic()
+
+    def lap(self, step: str) -> None:
+        """Record how long the step since the last lap took."""
+        self.timings[step] = round(time.monotonic() - self._clock, 1)
+        self._clock = time.monotonic()
+
+    def start_services(self) -> None:
+        """Wait for systemd, then install and start RabbitMQ, PostgreSQL and python3-venv (timed as ``apt``)."""
+        self.wait_for(
+            "systemd is running",
+            lambda: self.sh("systemctl is-system-running", check=False).strip() in {"running", "degraded"},
+            timeout=30,
+            unit="init.scope",
+        )
+        self.sh(
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+            " rabbitmq-server postgresql python3-venv && systemctl start rabbitmq-server postgresql"
+            " && rabbitmqctl await_startup -q",
+            timeout=400,
+        )
+        self.lap("apt")
 
     def sh(self, script: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True) -> str:
         env_args = [f"--env={key}={value}" for key, value in (env or {}).items()]
@@ -270,27 +293,10 @@ def _start_worker(lab: Lab, release: str, node: str) -> None:
 
 def _drive(lab: Lab, artifacts: Path) -> dict[str, Any]:
     """Everything the lab tests look at, gathered in one pass through one container."""
-    seen: dict[str, Any] = {"timings": {}}
-    clock = time.monotonic()
+    seen: dict[str, Any] = {"timings": lab.timings}
+    lap = lab.lap
 
-    def lap(step: str) -> None:
-        nonlocal clock
-        seen["timings"][step] = round(time.monotonic() - clock, 1)
-        clock = time.monotonic()
-
-    lab.wait_for(
-        "systemd is running",
-        lambda: lab.sh("systemctl is-system-running", check=False).strip() in {"running", "degraded"},
-        timeout=30,
-        unit="init.scope",
-    )
-    lab.sh(
-        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-        " rabbitmq-server postgresql python3-venv && systemctl start rabbitmq-server postgresql"
-        " && rabbitmqctl await_startup -q",
-        timeout=400,
-    )
-    lap("apt")
+    lab.start_services()
     lab.sh("mkdir -p /srv/sw")
     subprocess.run(["docker", "cp", f"{artifacts}/.", f"{lab.name}:/srv/sw/artifacts"], check=True, timeout=60)
     seen["pip_check"] = {}
