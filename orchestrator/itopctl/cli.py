@@ -183,6 +183,14 @@ def cmd_release_show(ctx: Context, args: argparse.Namespace) -> int:
         )
     for name, comp in sorted(release.manifest.get("components", {}).items()):
         ctx.print(f"  {name}: {comp.get('uri')} sha256={comp.get('sha256', '')[:12]}...")
+        for ext in comp.get("extensions") or []:
+            ctx.print(f"    extension {ext.get('name')}: {ext.get('uri')} sha256={ext.get('sha256', '')[:12]}...")
+    queues = (release.manifest.get("messaging") or {}).get("work_queues")
+    if queues is not None:
+        ctx.print("work queues:" if queues else "work queues: none")
+        for queue in queues:
+            settings = ", ".join(f"{key}={value}" for key, value in queue.items() if key not in ("name", "vhost"))
+            ctx.print(f"  {queue.get('name')} (vhost {queue.get('vhost')}){': ' + settings if settings else ''}")
     if approvals:
         ctx.print("approvals:")
         for a in approvals:

@@ -2,7 +2,9 @@
 
 Release ids, sha256 checksums, artifact URI schemes, component and extension names and the deploy phases are
 defined once, in the collection's ``plugins/module_utils/rules.py`` (pure Python, no Ansible import); the release
-module, the roles (through the ``unistra.itop.rules`` lookup) and itopctl all read them there.
+module, the roles (through the ``unistra.itop.rules`` lookup) and itopctl all read them there. So are the work
+queues' rules (``messaging.py``), which the roles apply to ``unistra_itop_work_queues`` and itopctl to a manifest's
+``messaging.work_queues``.
 
 Where the collection is found, first match wins:
 
@@ -67,6 +69,6 @@ def _make_importable() -> None:
 
 _make_importable()
 
-from ansible_collections.unistra.itop.plugins.module_utils import rules  # noqa: E402
+from ansible_collections.unistra.itop.plugins.module_utils import messaging, rules  # noqa: E402
 
-__all__ = ["collections_dir", "rules"]
+__all__ = ["collections_dir", "messaging", "rules"]

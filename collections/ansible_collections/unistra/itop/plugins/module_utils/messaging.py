@@ -60,6 +60,7 @@ class WorkQueueError(ValueError):
         super().__init__(f"unistra_itop_work_queues: {item}: {key} {problem}")
         self.item = item
         self.key = key
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,63 @@ def parse_work_queues(items: Any) -> list[WorkQueue]:
                     " choose distinct names",
                 )
     return queues
+
+
+@dataclass(frozen=True)
+class WorkQueueProblem:
+    """One thing wrong in a list of work queues, with its place, for a caller that reports them all at once."""
+
+    index: int | None  # the item; None: the list itself
+    key: str | None  # the item's key; None: the item as a whole
+    problem: str  # what is wrong, without the place ("must be one of classic, quorum, got 'x'")
+    text: str  # the whole message, as parse_work_queues raises it
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _problem(index: int | None, exc: WorkQueueError, key: str | None = None) -> WorkQueueProblem:
+    return WorkQueueProblem(index, key or (exc.key if exc.key in _KEYS else None), exc.problem, str(exc))
+
+
+def work_queue_problems(items: Any) -> list[WorkQueueProblem]:
+    """Every problem :func:`parse_work_queues` would stop at, not just its first one; [] when it accepts ``items``.
+
+    The same rules (it calls them): per item its first problem (each unknown key, when that is the problem, then
+    the item's next one); names shared within a vhost once every item is valid. For itopctl's manifest check, which
+    reports every error of a file with its line; the roles keep calling parse_work_queues (the filters), unchanged.
+    """
+    if items is None:
+        return []
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+        try:
+            parse_work_queues(items)  # refuses it, with the list's own message
+        except WorkQueueError as exc:
+            return [_problem(None, exc)]
+    found: list[WorkQueueProblem] = []
+    for index, item in enumerate(items):
+        try:
+            WorkQueue.from_dict(item, index)
+            continue
+        except WorkQueueError as exc:
+            keys = {str(key) for key in item} if isinstance(item, Mapping) else set()
+            unknown = [key for key in exc.key.split(", ") if key in keys and key not in _KEYS]
+            if not unknown:
+                found.append(_problem(index, exc))
+                continue
+            # one problem per unknown key (each has its own line), then the item's next problem, if any
+            found += [_problem(index, exc, key) for key in unknown]
+        try:
+            WorkQueue.from_dict({key: value for key, value in item.items() if str(key) not in unknown}, index)
+        except WorkQueueError as exc:
+            found.append(_problem(index, exc))
+    if not found:
+        try:
+            parse_work_queues(items)
+        except WorkQueueError as exc:
+            place = re.match(r"item (\d+) ", exc.item)  # parse_work_queues names it "item <index> (<name>)"
+            found.append(_problem(int(place[1]) if place else None, exc))
+    return found
 
 
 def exact_pattern(name: str) -> str:
