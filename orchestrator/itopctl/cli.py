@@ -432,20 +432,36 @@ def cmd_locks(ctx: Context, args: argparse.Namespace) -> int:
 
 # -- lab / config ------------------------------------------------------------------------------------------
 def cmd_lab_up(ctx: Context, args: argparse.Namespace) -> int:
-    from .lab import lab_up, wait_running  # noqa: PLC0415
+    from .lab import check_prod_app_hosts, check_stage, lab_up, wait_running  # noqa: PLC0415
 
-    names = [s for s in args.stages.split(",") if s] if args.stages else list(ctx.pipeline.names)
+    check_prod_app_hosts(args.prod_app_hosts)
+    for name in args.stage:
+        check_stage(name)
+    names = list(dict.fromkeys(args.stage)) or list(ctx.pipeline.names)
     if args.inventory_dir:
         targets = {name: Path(args.inventory_dir) / f"{name}.yml" for name in names}
     else:  # where the pipeline reads each stage's inventory
         targets = {name: ctx.pipeline.stage(name).inventory for name in names}
-    made = lab_up(targets, hosts_per_stage=args.hosts, prefix=args.prefix, image=args.image)
+    made = lab_up(
+        targets,
+        prefix=args.prefix,
+        prod_app_hosts=args.prod_app_hosts,
+        image=args.image,
+        artifacts_dir=Path(args.artifacts_dir),
+        subnet_base=args.subnet_base,
+    )
     wait_running([h for s in made for h in s.hosts])
     if args.json:
         ctx.json(made)
-    else:
-        for s in made:
-            ctx.print(f"{s.stage}: network {s.network}, hosts {', '.join(s.hosts)}, inventory {s.inventory}")
+        return ExitCode.OK
+    for s in made:
+        done = {"created": s.created, "started": s.started, "removed": s.removed}
+        changes = "".join(f"; {what} {', '.join(hosts)}" for what, hosts in done.items() if hosts)
+        ctx.print(f"{s.stage}: network {s.network} ({s.subnet}), inventory {s.inventory}{changes}")
+        for host, groups in s.groups.items():
+            ctx.print(f"  {host}: {', '.join(groups)}")
+        if s.secrets:
+            ctx.print(f"  secrets written: {s.secrets}")
     return ExitCode.OK
 
 
@@ -583,14 +599,38 @@ def _lock_commands(add: Adder) -> None:
 
 
 def _lab_commands(sub: Any, add: Adder) -> None:
+    from .lab import ARTIFACTS_DIR, MAX_PROD_APP_HOSTS, PROD_APP_HOSTS, STACK_IMAGE, STAGES, SUBNET_BASE  # noqa: PLC0415
+
     lab = sub.add_parser("lab", help="the local docker lab")
     lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
-    p = add("up", cmd_lab_up, "create the lab's networks, systemd containers and inventories", lsub)
-    p.add_argument("--stages", help="comma-separated (default: the pipeline's stages)")
-    p.add_argument("--hosts", type=int, default=2, help="containers per stage (default 2)")
-    p.add_argument("--prefix", default="lab")
+    p = add("up", cmd_lab_up, "create the lab's networks, systemd containers, inventories and secrets", lsub)
+    p.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help=f"a stage to make, one of {', '.join(STAGES)} (repeatable; default: the pipeline's stages)",
+    )
+    p.add_argument(
+        "--prod-app-hosts",
+        type=int,
+        default=PROD_APP_HOSTS,
+        metavar="N",
+        help=f"prod's application hosts (iTop + hub), 1 to {MAX_PROD_APP_HOSTS} (default {PROD_APP_HOSTS})",
+    )
+    p.add_argument("--prefix", default="lab", help="names of networks and containers: <prefix>-<stage>[-<host>]")
     p.add_argument("--inventory-dir", help="write <dir>/<stage>.yml (default: the pipeline's inventory paths)")
-    p.add_argument("--image", default="unistra-itop/debian12-systemd:latest")
+    p.add_argument("--image", default=STACK_IMAGE, help="the containers' image (scripts/stack-image.sh)")
+    p.add_argument(
+        "--artifacts-dir",
+        default=str(ARTIFACTS_DIR),
+        help="the controller's artifacts directory, mounted read-only at the same path in every container",
+    )
+    p.add_argument(
+        "--subnet-base",
+        default=SUBNET_BASE,
+        help=f"the first stage's /24; each next stage the next /24 (default {SUBNET_BASE})",
+    )
     p = add("down", cmd_lab_down, "remove the lab's containers and networks", lsub)
     p.add_argument("--prefix", default="lab")
 
