@@ -23,6 +23,8 @@ if [ ! -f "$stamp" ]; then
 fi
 
 bash scripts/lab-image.sh
+# the lab's hosts: the lab image + the roles' Debian packages (rebuilt only when its inputs change)
+bash scripts/stack-image.sh
 
 for part in scripts/setup.d/*.sh; do
   [ -e "$part" ] || continue
