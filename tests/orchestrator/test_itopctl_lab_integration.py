@@ -1,5 +1,7 @@
-"""The main job on real systemd containers: promote a release through two stages with the collection's release
-engine, promote a second one, roll the second stage back; check the hosts' ``current`` links and the history."""
+"""The main job on real systemd containers: the lab's topology (an all-in-one dev, a pprd of an application host
+and a data host: networks, subnets, the read-only artifacts mount, the inventories' groups), then a release promoted
+through both stages with the collection's release engine, a second one, pprd rolled back; the hosts' ``current``
+links and the history; `lab down` removes everything."""
 
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ import sys
 import tarfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 from itopctl.errors import ExitCode
 from itopctl.faults import KILL_AT, PAUSE_AT
+from itopctl.lab import stack_packages
 from itopctl_support import Project, backdate
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "unistra-itop/debian12-systemd:latest"
+IMAGE = "unistra-itop/debian12-stack:latest"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -55,6 +60,69 @@ def _current(host: str) -> str:
 PLAYBOOK = REPO / "playbooks" / "itopctl_lab_sample.yml"
 
 
+def _lab_up(project: Project, prefix: str, *stages: str) -> dict[str, dict[str, object]]:
+    """``lab up`` of these stages into ``tmp_path/inventories``, with the test's artifacts directory and subnets of
+    its own (the fixed 172.31.11-14 ones may be the real lab's, on this machine)."""
+    base = f"172.31.{100 + 4 * (zlib.crc32(prefix.encode()) % 35)}.0/24"  # one per prefix
+    up = project.run("lab", "up", *(a for s in stages for a in ("--stage", s)), "--prefix", prefix,
+                     "--inventory-dir", str(project.root / "inventories"), "--subnet-base", base,
+                     "--artifacts-dir", str(project.root / "artifacts"), "--json")  # fmt: skip
+    assert up.code == 0, up.err
+    return {s["stage"]: s for s in up.json()}
+
+
+def _ours(prefix: str) -> list[str]:
+    """The lab's containers and networks left with this prefix."""
+    label = f"label=unistra-itop.lab={prefix}"
+    containers = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True)
+    networks = subprocess.run(["docker", "network", "ls", "-q", "--filter", label],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    return containers.stdout.split() + networks.stdout.split()
+
+
+def _check_topology(tmp_path: Path, prefix: str, made: dict[str, dict[str, object]]) -> None:
+    app, data = f"{prefix}-pprd-app1", f"{prefix}-pprd-data1"
+    assert made["dev"]["hosts"] == [f"{prefix}-dev-1"] and made["pprd"]["hosts"] == [app, data]
+    subnet = made["pprd"]["subnet"]
+    found = subprocess.run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+                            f"{prefix}-pprd"], capture_output=True, text=True, check=True)  # fmt: skip
+    assert found.stdout.strip() == subnet
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "seen-from-the-hosts").write_text("yes\n")
+    for host in (f"{prefix}-dev-1", app, data):
+        booted = subprocess.run(["docker", "exec", host, "systemctl", "is-system-running"],
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        assert booted.stdout.strip() == "running", (host, booted.stdout)
+        assert subprocess.run(["docker", "exec", host, "hostname"], capture_output=True, text=True,
+                              check=True).stdout.strip() == host  # fmt: skip
+        seen = subprocess.run(["docker", "exec", host, "cat", str(artifacts / "seen-from-the-hosts")],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert seen.stdout == "yes\n"
+        written = subprocess.run(["docker", "exec", host, "touch", str(artifacts / "x")],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+        assert written.returncode != 0 and "Read-only file system" in written.stderr
+    # the stack image's services stay off until a role enables them where they belong
+    running = subprocess.run(["docker", "exec", app, "systemctl", "is-active", "mariadb", "postgresql",
+                              "rabbitmq-server", "nginx"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert running.stdout.split() == ["inactive"] * 4
+    inventory = yaml.safe_load((tmp_path / "inventories" / "pprd.yml").read_text())["all"]
+    assert inventory["vars"]["stack_client_networks"] == [subnet]
+    assert {g: sorted(v["hosts"]) for g, v in inventory["children"].items()} == {
+        "itop_web": [app], "hub": [app], "workers": [app],
+        "itop_db": [data], "rabbitmq": [data], "postgresql": [data],
+    }  # fmt: skip
+    assert (tmp_path / "inventories" / "group_vars" / "all" / "vault.yml").stat().st_mode & 0o777 == 0o600
+    # every package the roles' apt tasks ask for is in the stack image: such a task changes nothing
+    roles = REPO / "collections" / "ansible_collections" / "unistra" / "itop" / "roles"
+    apt = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", str(tmp_path / "inventories" / "pprd.yml"), data,
+         "-m", "ansible.builtin.apt", "-a", f"name={','.join(stack_packages(roles))} state=present", "-o"],
+        env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"), "ANSIBLE_FORCE_COLOR": "0"},
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert apt.returncode == 0 and '"changed": false' in apt.stdout, apt.stdout + apt.stderr
+
+
 def _lab_project(tmp_path: Path, stages: str) -> Project:
     """A project on the lab playbook: artifacts in ``tmp_path/artifacts``, inventories written by ``lab up`` in
     ``tmp_path/inventories``, the application root in ``release_roots`` (probe and host lock)."""
@@ -81,19 +149,21 @@ defaults:
     return Project(root=tmp_path, state_url=env["ITOPCTL_STATE_URL"], env=env)
 
 
-@pytest.mark.skipif(not _docker_ready(), reason=f"docker or the lab image {IMAGE} is missing (scripts/lab-image.sh)")
+@pytest.mark.skipif(not _docker_ready(), reason=f"docker or the lab image {IMAGE} is missing (scripts/stack-image.sh)")
 def test_promote_two_stages_and_roll_back_on_systemd_containers(tmp_path: Path) -> None:
     prefix = f"itoptest{uuid.uuid4().hex[:6]}"
-    artifacts, inventories = tmp_path / "artifacts", tmp_path / "inventories"
-    project = _lab_project(tmp_path, "stages:\n  - dev\n  - name: test\n    batch_size: 1\n    gates: {soak: 10m}\n")
+    artifacts = tmp_path / "artifacts"
+    project = _lab_project(tmp_path, "stages:\n  - dev\n  - name: pprd\n    batch_size: 1\n    gates: {soak: 10m}\n")
     env = project.env
     itopctl = project.run
+    app, data = f"{prefix}-pprd-app1", f"{prefix}-pprd-data1"
 
     try:
-        for stage, hosts in (("dev", "1"), ("test", "2")):
-            up = itopctl("lab", "up", "--stages", stage, "--hosts", hosts, "--prefix", prefix,
-                         "--inventory-dir", str(inventories))  # fmt: skip
-            assert up.code == 0, up.err
+        _check_topology(tmp_path, prefix, _lab_up(project, prefix, "dev", "pprd"))
+        again = _lab_up(project, prefix, "dev", "pprd")  # a re-run makes nothing
+        assert [(s["created"], s["started"], s["removed"], s["secrets"]) for s in again.values()] == [
+            ([], [], [], None)
+        ] * 2
         for release in ("r1", "r2"):
             uri, sha = _artifact(artifacts, release)
             manifest = tmp_path / f"{release}.yml"
@@ -104,28 +174,31 @@ def test_promote_two_stages_and_roll_back_on_systemd_containers(tmp_path: Path) 
             deployed = itopctl("deploy", release)
             assert deployed.code == 0, deployed.err
             backdate(env["ITOPCTL_STATE_URL"], "dev", hours=1)
-            promoted = itopctl("promote", release, "--to", "test")
+            promoted = itopctl("promote", release, "--to", "pprd")
             assert promoted.code == 0, promoted.err
         assert _current(f"{prefix}-dev-1") == "releases/r2"
-        assert _current(f"{prefix}-test-1") == _current(f"{prefix}-test-2") == "releases/r2"
+        assert _current(app) == _current(data) == "releases/r2"
 
-        rolled = itopctl("rollback", "test")
+        rolled = itopctl("rollback", "pprd")
         assert rolled.code == 0, rolled.err
-        assert _current(f"{prefix}-test-1") == _current(f"{prefix}-test-2") == "releases/r1"
+        assert _current(app) == _current(data) == "releases/r1"
         assert _current(f"{prefix}-dev-1") == "releases/r2"
 
         history = itopctl("history", "--json").json()
         assert [(d["stage"], d["kind"], d["release_id"], d["result"]) for d in history] == [
-            ("test", "rollback", "r1", "succeeded"),
-            ("test", "promote", "r2", "succeeded"),
+            ("pprd", "rollback", "r1", "succeeded"),
+            ("pprd", "promote", "r2", "succeeded"),
             ("dev", "promote", "r2", "succeeded"),
-            ("test", "promote", "r1", "succeeded"),
+            ("pprd", "promote", "r1", "succeeded"),
             ("dev", "promote", "r1", "succeeded"),
         ]
-        assert history[1]["switched_hosts"] == [f"{prefix}-test-1", f"{prefix}-test-2"]
+        assert history[1]["switched_hosts"] == [app, data]
         status = {row["stage"]: row for row in itopctl("status", "--json").json()}
-        assert (status["test"]["current"], status["test"]["previous"]) == ("r1", "r2")
+        assert (status["pprd"]["current"], status["pprd"]["previous"]) == ("r1", "r2")
         assert (status["dev"]["current"], status["dev"]["previous"]) == ("r2", "r1")
+        down = itopctl("lab", "down", "--prefix", prefix)
+        assert down.code == 0 and app in down.out and f"{prefix}-pprd" in down.out
+        assert _ours(prefix) == []
     finally:
         itopctl("lab", "down", "--prefix", prefix)
 
@@ -137,7 +210,7 @@ def _lock_file(host: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-@pytest.mark.skipif(not _docker_ready(), reason=f"docker or the lab image {IMAGE} is missing (scripts/lab-image.sh)")
+@pytest.mark.skipif(not _docker_ready(), reason=f"docker or the lab image {IMAGE} is missing (scripts/stack-image.sh)")
 def test_a_promotion_holds_the_hosts_lock_against_a_run_by_hand(tmp_path: Path) -> None:
     """While alice's promotion is paused after prepare, the lab playbook run by hand (with another token, or with
     none) is refused on the host, naming alice; once the promotion ends the host lock is gone, and the probe says
@@ -165,9 +238,7 @@ def test_a_promotion_holds_the_hosts_lock_against_a_run_by_hand(tmp_path: Path) 
     gate = tmp_path / "gate"
     proc: subprocess.Popen[str] | None = None
     try:
-        up = project.run("lab", "up", "--stages", "dev", "--hosts", "1", "--prefix", prefix,
-                         "--inventory-dir", str(inventories))  # fmt: skip
-        assert up.code == 0, up.err
+        _lab_up(project, prefix, "dev")
         assert project.run("release", "add", str(tmp_path / "r1.yml")).code == 0
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "itopctl"), "deploy", "r1"],
