@@ -22,7 +22,7 @@ deployment that ran in between.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +98,21 @@ def undo_switch(
             except ItopctlError as exc:
                 ledger.rollback_detail = f"rollback could not run: {exc.message}"
         raise
+
+
+def switch_steps(
+    hosts: Sequence[str], order: Sequence[str], batch_size: int, members: Mapping[str, Sequence[str]]
+) -> list[tuple[str, list[str]]]:
+    """The switch runs, as (group, hosts): batches of ``hosts``; with a ``switch_order``, each group's prepared hosts
+    in turn, in batches (a host in several groups is switched once per group, one component each time; a host in
+    none of them has nothing to switch, and a group without a prepared host is skipped)."""
+    if not order:
+        return [("", batch) for batch in batches(list(hosts), batch_size)]
+    return [
+        (group, batch)
+        for group in order
+        for batch in batches([h for h in hosts if h in members.get(group, ())], batch_size)
+    ]
 
 
 def natural_key(name: str) -> list[Any]:
@@ -683,18 +698,26 @@ class _Promotion(_Deployment):
             return outcome
         return self.succeeded(hosts, ledger)
 
+    def switch_steps(self, hosts: list[str]) -> list[tuple[str, list[str]]]:
+        order = self.stage.switch_order
+        members = self.runner.inventory_groups(self.stage.inventory) if order else {}
+        return switch_steps(hosts, order, self.stage.batch_size, members)
+
     def switch_and_verify(self, hosts: list[str], ledger: SwitchLedger) -> Outcome | None:
         """Raise :class:`PhaseFailed` on a failure; return an outcome only when interrupted after the switch."""
         self.phase("switch")
         ledger.switched = self.switched
-        for number, batch in enumerate(batches(hosts, self.stage.batch_size), start=1):
-            result = self.play("switch", batch, deploy_batch=number)
-            self.switched.extend(batch)
+        for number, (group, batch) in enumerate(self.switch_steps(hosts), start=1):
+            result = self.play(
+                "switch", batch, deploy_batch=number, **({"deploy_switch_group": group} if group else {})
+            )
+            self.switched.extend(h for h in batch if h not in self.switched)
             self.record(switched_hosts=self.switched, runner_idents=self.idents)
             faults.point("switched")
             if not result.ok:
                 failed = ", ".join(result.failed_hosts) or f"status {result.status}"
-                raise PhaseFailed("switch", f"switch failed in batch {number} ({failed})", result)
+                where = f"batch {number}" + (f" ({group})" if group else "")
+                raise PhaseFailed("switch", f"switch failed in {where} ({failed})", result)
         if self.interrupt.requested:  # only now: a switch is never cut between batches
             return self.finish(
                 "interrupted",

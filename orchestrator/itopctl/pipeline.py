@@ -24,13 +24,15 @@ Example (every key but ``stages[].name`` is optional; ``defaults`` is inherited 
             - {weekdays: [fri, sat, sun], from: "16:00", to: "23:59", timezone: Europe/Paris}
         sentry: {url: "https://sentry.example.org/", org: unistra, project: itop, token_env: SENTRY_AUTH_TOKEN}
         release_roots: {itop: /srv/itop, hub: /srv/hub}   # what `itopctl status --probe` reads on each host
+        switch_order: [rabbitmq, workers, hub, itop_web]  # inventory groups switched in turn, each in batches
 
 Without ``stages`` the pipeline is dev, test, pprd, prod. Validation reports every error with its place.
 
 Every playbook run gets these extra vars (docs/design.md, "Site playbooks"): ``release_id``, ``release_manifest``,
 ``deploy_stage``, ``deploy_owner``, ``deploy_phase`` (prepare | switch | verify | rollback), ``deploy_batch_size``,
 ``deploy_verify_checks`` (the stage's ``verify.checks``), ``itopctl_deployment_id``, the stage's ``extra_vars``;
-a switch run also gets ``deploy_batch`` (1, 2, ...; itopctl limits each run to one batch of hosts), a rollback
+a switch run also gets ``deploy_batch`` (1, 2, ...; itopctl limits each run to one batch of hosts) and, with a
+``switch_order``, ``deploy_switch_group`` (the group whose component this run switches on its batch), a rollback
 ``rollback_to`` and ``restore_db``. One playbook can serve every phase by looking at ``deploy_phase``.
 """
 
@@ -53,6 +55,7 @@ DEFAULT_STAGES = ("dev", "test", "pprd", "prod")
 # prepare switches nothing
 PHASES = tuple(phase for phase in rules.DEPLOY_PHASES if phase != "full")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an Ansible group name that is a valid variable name
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -150,6 +153,7 @@ class Stage:
     sentry: SentryConfig | None = None
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     release_roots: Mapping[str, str] = field(default_factory=dict)
+    switch_order: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -329,7 +333,27 @@ _STAGE_KEYS = {
     "sentry",
     "extra_vars",
     "release_roots",
+    "switch_order",
 }
+
+
+def _switch_order(checker: Checker, value: object, path: PathKey) -> tuple[str, ...]:
+    """``switch_order``: inventory groups, switched one after the other, each in batches (empty: all hosts)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        checker.error(path, "must be a non-empty list of inventory group names")
+        return ()
+    order: list[str] = []
+    for i, item in enumerate(value):
+        name = checker.string(item, (*path, i), pattern=GROUP_NAME)
+        if name is None:
+            continue
+        if name in order:
+            checker.error((*path, i), f"group {name!r} appears twice")
+            continue
+        order.append(name)
+    return tuple(order)
 
 
 def _environment(checker: Checker, value: object, base: Path) -> dict[str, str]:
@@ -404,6 +428,7 @@ class _StageReader:
             sentry=_sentry(checker, *self.pick(raw, where, "sentry")),
             extra_vars=checker.mapping(*self.pick(raw, where, "extra_vars"), None),
             release_roots=_roots(checker, *self.pick(raw, where, "release_roots")),
+            switch_order=_switch_order(checker, *self.pick(raw, where, "switch_order")),
         )
 
 

@@ -294,6 +294,30 @@ class PlaybookRunner:
         env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p)])
         return env
 
+    # -- the inventory ------------------------------------------------------------------------------
+    def inventory_groups(self, inventory: Path) -> dict[str, list[str]]:
+        """Each group of ``inventory`` and its hosts (children's hosts included), read by ``ansible-inventory``
+        in the same environment as the runs; no host is contacted, no variable is templated."""
+        import subprocess  # noqa: PLC0415 - only a switch in a given order needs it
+
+        if not inventory.exists():
+            raise ItopctlError(f"inventory not found: {inventory}", ExitCode.BAD_INPUT)
+        env = self.child_environment()
+        binary = shutil.which("ansible-inventory", path=env["PATH"]) or "ansible-inventory"
+        proc = subprocess.run(
+            [binary, "-i", str(inventory), "--list", "--export"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise ItopctlError(
+                f"cannot read the groups of {inventory}: {proc.stderr.strip()[-500:]}", ExitCode.BAD_INPUT
+            )
+        return inventory_group_hosts(json.loads(proc.stdout))
+
     # -- one run --------------------------------------------------------------------------------------
     def run(
         self,
@@ -489,6 +513,21 @@ class PlaybookRunner:
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
         return removed
+
+
+def inventory_group_hosts(listing: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``ansible-inventory --list`` output -> each group's hosts, its children's hosts included (sorted)."""
+
+    def hosts(group: str, seen: frozenset[str]) -> set[str]:
+        entry = listing.get(group) or {}
+        found = set(entry.get("hosts") or [])
+        for child in entry.get("children") or []:
+            if child not in seen:
+                found |= hosts(child, seen | {child})
+        return found
+
+    groups = [name for name in listing if name != "_meta"]
+    return {group: sorted(hosts(group, frozenset({group}))) for group in groups}
 
 
 def _host_stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
