@@ -1,5 +1,5 @@
 # Task runner. `make test` is what CI runs (.ci/run) and what the README's quick start uses.
-.PHONY: setup test test-fast lint molecule sanity build clean lab-image
+.PHONY: setup test test-fast demo lint molecule sanity build clean lab-image
 
 setup:            ## venv, Docker engine, lab image, local services
 	bash scripts/setup.sh
@@ -9,6 +9,9 @@ test: setup       ## everything CI runs
 
 test-fast:        ## lint + unit tests, no Docker (needs `make setup` once)
 	bash scripts/test.sh fast
+
+demo: setup       ## the main job: lab up, two releases of the whole stack dev -> prod, prod rolled back
+	bash scripts/demo.sh
 
 molecule: setup   ## all Molecule scenarios (or: scripts/test.sh molecule release)
 	bash scripts/test.sh molecule
