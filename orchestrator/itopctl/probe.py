@@ -101,6 +101,9 @@ def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:
         res: dict[str, Any] = data.get("res") or {}
         item = res.get("item") or {}
         lock = res.get("lock") or None
+        ok = event.get("event") == "runner_item_on_ok"
+        if ok and res.get("current") is None and not res.get("releases") and lock is None:
+            continue  # an application this host does not run (a data host has no iTop root): nothing to report
         found.append(
             HostApp(
                 host=host,
