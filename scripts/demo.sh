@@ -2,7 +2,7 @@
 # The main job (`make demo`): on one machine, the lab (per stage its own network and hosts), the demo's two releases
 # of the whole stack, release 1 promoted dev -> test -> pprd -> prod (the pprd and prod approvals given by other
 # users), then release 2, then prod rolled back to release 1 with its databases restored; then status and history.
-#   scripts/demo.sh [--stages dev,prod] [--pipeline FILE] [--prefix P --subnet-base A.B.C.0]
+#   scripts/demo.sh [--stages dev,prod] [--pipeline FILE] [--prefix P --subnet-base A.B.C.0/24]
 # --stages promotes through a subset (the CI test uses dev and prod with a pipeline of its own). The demo has its
 # own state store (ITOPCTL_STATE_URL, default /var/tmp/itopctl-demo/state.db) and artifact store
 # (/var/tmp/itopctl-lab-artifacts); run it again and each step finds its work done or does it again. `itopctl lab down`
@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     --pipeline) pipeline=$(realpath "$2"); shift 2 ;;
     --prefix) lab_extra+=(--prefix "$2"); shift 2 ;;
     --subnet-base) lab_extra+=(--subnet-base "$2"); shift 2 ;;
-    *) echo "usage: scripts/demo.sh [--stages dev,prod] [--pipeline FILE] [--prefix P --subnet-base A.B.C.0]" >&2; exit 2 ;;
+    *) echo "usage: scripts/demo.sh [--stages dev,prod] [--pipeline FILE] [--prefix P --subnet-base A.B.C.0/24]" >&2; exit 2 ;;
   esac
 done
 IFS=, read -r -a stage_list <<<"$stages"

@@ -73,7 +73,7 @@ def run(count: int, keep: bool) -> dict[str, float]:
         (work / "group_vars/all").mkdir(parents=True)
         (work / "group_vars/all/stack.yml").symlink_to(ROOT / "inventories/common/stack.yml")
         up = sh(str(BIN / "itopctl"), "lab", "up", "--stage", "prod", "--prod-app-hosts", str(count),
-                "--prefix", "bench", "--subnet-base", "172.31.81.0", "--inventory-dir", str(work))  # fmt: skip
+                "--prefix", "bench", "--subnet-base", "172.31.81.0/24", "--inventory-dir", str(work))  # fmt: skip
         if up.returncode != 0:
             sys.exit(f"lab up failed: {up.stdout}{up.stderr}")
         inventory = work / "prod.yml"

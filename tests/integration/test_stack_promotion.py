@@ -75,7 +75,7 @@ def test_the_whole_stack_through_dev_and_a_multi_host_prod_then_rolled_back(proj
     env = project
     demo = subprocess.run(
         ["bash", str(REPO / "scripts/demo.sh"), "--stages", "dev,prod", "--pipeline", env["ITOPCTL_PIPELINE"],
-         "--prefix", PREFIX, "--subnet-base", "172.31.61.0"],
+         "--prefix", PREFIX, "--subnet-base", "172.31.61.0/24"],
         env=env, capture_output=True, text=True, check=False, timeout=3000,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-3000:]
