@@ -83,7 +83,7 @@ def test_the_whole_stack_through_dev_and_a_multi_host_prod_then_rolled_back(proj
     status = {row["stage"]: row for row in json.loads(_itopctl(env, "status", "--json").stdout)}
     assert (status["dev"]["current"], status["dev"]["health"]) == ("demo-2", "healthy")
     assert (status["prod"]["current"], status["prod"]["previous"]) == ("demo-1", "demo-2"), status["prod"]
-    assert status["prod"]["health"] == "healthy", status["prod"]
+    assert status["prod"]["health"] == "rolled back from demo-2", status["prod"]
 
     history = json.loads(_itopctl(env, "history", "--stage", "prod", "--json").stdout)
     kinds = [(d["release_id"], d["kind"], d["result"]) for d in reversed(history)]
