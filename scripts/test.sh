@@ -65,7 +65,7 @@ case "$what" in
   all)
     lint
     wait_bg
-    UNISTRA_ITOP_STRICT_SKIPS=1 step pytest pytest -q tests
+    UNISTRA_ITOP_STRICT_SKIPS=1 step pytest pytest -q --durations=15 tests
     molecule_all
     ;;
   molecule) molecule_all "$@" ;;

@@ -58,13 +58,15 @@ def play(inventory: Path, phase: str, release: Path, *extra: str) -> tuple[float
     return took, sum(int(m.group(3)) for m in RECAP.finditer(proc.stdout))
 
 
-def deploy(inventory: Path, release: Path) -> tuple[float, int]:
-    total, changed = 0.0, 0
+def deploy(inventory: Path, release: Path) -> tuple[float, int, str]:
+    """prepare, switch, verify: the total wall time, the changed tasks, and each phase's time (printed)."""
+    total, changed, phases = 0.0, 0, []
     for phase in ("prepare", "switch", "verify"):
         took, n = play(inventory, phase, release)
         total += took
         changed += n
-    return total, changed
+        phases.append(f"{phase} {took:.1f}")
+    return total, changed, ", ".join(phases)
 
 
 def run(count: int, keep: bool) -> dict[str, float]:
@@ -79,9 +81,9 @@ def run(count: int, keep: bool) -> dict[str, float]:
         inventory = work / "prod.yml"
         try:
             r1, r2 = manifest_vars("demo-1", work), manifest_vars("demo-2", work)
-            first, _ = deploy(inventory, r1)
-            full, full_changed = deploy(inventory, r2)
-            noop, noop_changed = deploy(inventory, r2)
+            first, _, first_phases = deploy(inventory, r1)
+            full, full_changed, full_phases = deploy(inventory, r2)
+            noop, noop_changed, noop_phases = deploy(inventory, r2)
             rollback, _ = play(inventory, "rollback", r1, "-e", "rollback_to=demo-1", "-e", "restore_db=true")
             verify, _ = play(inventory, "verify", r1)
         finally:
@@ -90,11 +92,11 @@ def run(count: int, keep: bool) -> dict[str, float]:
     row = {"app_hosts": count, "first": first, "full": full, "full_changed": full_changed, "noop": noop,
            "noop_changed": noop_changed, "rollback": rollback, "verify_after_rollback": verify}  # fmt: skip
     print(f"\n{count} application host(s) (+ worker1, data1):")
-    print(f"  first deploy of demo-1 on fresh hosts  {first:7.1f} s")
-    print(f"  deploy of demo-2 (new release)         {full:7.1f} s   {full_changed} changed")
+    print(f"  first deploy of demo-1 on fresh hosts  {first:7.1f} s   ({first_phases})")
+    print(f"  deploy of demo-2 (new release)         {full:7.1f} s   {full_changed} changed   ({full_phases})")
     print(
         f"  no-op redeploy of demo-2               {noop:7.1f} s   {noop_changed} changed   "
-        f"{noop / full:5.1%} of the deploy (target < 30%, 0 changed)"
+        f"{noop / full:5.1%} of the deploy (target < 30%, 0 changed)   ({noop_phases})"
     )
     print(
         f"  rollback to demo-1, dumps restored     {rollback:7.1f} s   "
