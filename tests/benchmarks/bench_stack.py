@@ -1,7 +1,7 @@
 """The whole stack on the lab's prod: a full deploy of a new release, a no-op redeploy of the same release, a
 rollback, and how a deploy grows from 1 to 4 application hosts; wall times and ratios from one run.
 
-    .venv/bin/python tests/benchmarks/bench_stack.py [--app-hosts 1,2,4] [--keep]
+    .venv/bin/python tests/benchmarks/bench_stack.py [--app-hosts 1,2,4] [--keep] [--artifacts-dir DIR]
 
 For each count N of application hosts (iTop + hub; prod also has a worker host and a data host), on a lab of its own
 (prefix ``bench``, its own subnets, inventory in a temporary directory): demo-1 deployed on fresh hosts (prepare,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-MANIFESTS = Path("/var/tmp/itopctl-lab-artifacts/manifests")
+ARTIFACTS = Path("/var/tmp/itopctl-lab-artifacts")  # the lab's default artifact store
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -36,10 +36,10 @@ def sh(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     return subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
 
 
-def manifest_vars(release: str, directory: Path) -> Path:
+def manifest_vars(release: str, directory: Path, artifacts: Path) -> Path:
     import yaml  # noqa: PLC0415
 
-    data = yaml.safe_load((MANIFESTS / f"{release}.yml").read_text())
+    data = yaml.safe_load((artifacts / "manifests" / f"{release}.yml").read_text())
     path = directory / f"{release}.json"
     path.write_text(json.dumps({"release_id": release, "release_manifest": data}))
     return path
@@ -69,18 +69,19 @@ def deploy(inventory: Path, release: Path) -> tuple[float, int, str]:
     return total, changed, ", ".join(phases)
 
 
-def run(count: int, keep: bool) -> dict[str, float]:
+def run(count: int, keep: bool, artifacts: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         work = Path(tmp)
         (work / "group_vars/all").mkdir(parents=True)
         (work / "group_vars/all/stack.yml").symlink_to(ROOT / "inventories/common/stack.yml")
         up = sh(str(BIN / "itopctl"), "lab", "up", "--stage", "prod", "--prod-app-hosts", str(count),
-                "--prefix", "bench", "--subnet-base", "172.31.81.0/24", "--inventory-dir", str(work))  # fmt: skip
+                "--prefix", "bench", "--subnet-base", "172.31.81.0/24", "--inventory-dir", str(work),
+                "--artifacts-dir", str(artifacts))  # fmt: skip
         if up.returncode != 0:
             sys.exit(f"lab up failed: {up.stdout}{up.stderr}")
         inventory = work / "prod.yml"
         try:
-            r1, r2 = manifest_vars("demo-1", work), manifest_vars("demo-2", work)
+            r1, r2 = manifest_vars("demo-1", work, artifacts), manifest_vars("demo-2", work, artifacts)
             first, _, first_phases = deploy(inventory, r1)
             full, full_changed, full_phases = deploy(inventory, r2)
             noop, noop_changed, noop_phases = deploy(inventory, r2)
@@ -109,12 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--app-hosts", default="1,2,4", help="the counts of application hosts (default 1,2,4)")
     parser.add_argument("--keep", action="store_true", help="leave the last lab up")
+    parser.add_argument("--artifacts-dir", type=Path, default=ARTIFACTS, help=f"artifact store (default {ARTIFACTS})")
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.app_hosts.split(",")})
-    build = sh(str(BIN / "python"), str(ROOT / "scripts/build-releases.py"))
+    build = sh(str(BIN / "python"), str(ROOT / "scripts/build-releases.py"), "--out", str(args.artifacts_dir))
     if build.returncode != 0:
         sys.exit(build.stdout + build.stderr)
-    rows = [run(n, args.keep and n == counts[-1]) for n in counts]
+    rows = [run(n, args.keep and n == counts[-1], args.artifacts_dir) for n in counts]
     base = rows[0]
     print("\ngrowth of the deploy of a new release with the application hosts:")
     for row in rows:
