@@ -229,7 +229,13 @@ def _print_outcome(ctx: Context, args: argparse.Namespace, outcome: Any) -> int:
 def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     check_release_id(args.id)
     stage = args.to if args.command == "promote" else ctx.pipeline.first.name
-    outcome = ctx.orchestrator(with_runner=not args.check).promote(args.id, stage, check_only=args.check)
+    allow_drift = args.allow_drift
+    if allow_drift is not None and not allow_drift.strip():
+        raise bad_input('--allow-drift must say why (e.g. --allow-drift "hotfix of INC-1234 applied by hand")')
+    # a no-op promotion confirms on the hosts (one short run): it needs the runner, --check never
+    outcome = ctx.orchestrator(with_runner=not args.check).promote(
+        args.id, stage, check_only=args.check, allow_drift=allow_drift
+    )
     return _print_outcome(ctx, args, outcome)
 
 
@@ -319,8 +325,9 @@ def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) 
     from .probe import probe_stage  # noqa: PLC0415 - runs a playbook: only when asked
 
     states = ctx.store.stage_states()
-    runner = ctx.orchestrator(with_runner=True).runner
-    probes = [probe_stage(runner, ctx.pipeline, ctx.pipeline.stage(name)) for name in names]
+    orchestrator = ctx.orchestrator(with_runner=True)
+    probes = [probe_stage(orchestrator.runner, ctx.pipeline, ctx.pipeline.stage(name)) for name in names]
+    drifts = {p.stage: orchestrator.drift(ctx.pipeline.stage(p.stage), p) for p in probes}
     if args.json:
         ctx.json(
             [
@@ -333,6 +340,7 @@ def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) 
                     "hosts": p.hosts,
                     "unreachable": p.unreachable,
                     "run": p.run,
+                    "drift": drifts[p.stage],
                 }
                 for p in probes
             ]
@@ -341,15 +349,22 @@ def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) 
     for p in probes:
         state = states.get(p.stage)
         recorded = f"{state.current_release} ({state.health})" if state else "never deployed"
-        ctx.print(f"{p.stage}: {p.summary}  [recorded: {recorded}]")
+        drift = drifts[p.stage]
+        ctx.print(f"{p.stage}: {p.summary}  [recorded: {recorded}]  {drift.summary}")
         ctx.print(
             table(
-                [[h.host, h.app, h.current, h.previous, h.lock, h.error] for h in p.hosts]
-                + [[host, "", "UNREACHABLE", "", "", ""] for host in p.unreachable],
-                ["host", "app", "current", "previous", "host lock", "error"],
+                [[h.host, h.app, h.current, h.previous, (h.tree or "").removeprefix("sha256:")[:12], h.lock, h.error]
+                 for h in p.hosts]
+                + [[host, "", "UNREACHABLE", "", "", "", ""] for host in p.unreachable],
+                ["host", "app", "current", "previous", "tree", "host lock", "error"],
             )
-        )
+        )  # fmt: skip
+        for line in drift.drifted:
+            ctx.print(f"DRIFT: {line}")
+        for line in drift.notes:
+            ctx.print(f"note: {line}")
         ctx.print()
+    # drift found is an answer, not an error of the command; a script reads --json ("drift")
     return ExitCode.OK
 
 
@@ -377,6 +392,9 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         ctx.json(deployments)
     else:
         ctx.print(_history_table(deployments) if deployments else "no deployment recorded")
+    for d in deployments:
+        if d.drift_override:
+            ctx.print(f"#{d.id} went over drift: {d.drift_override}")
     return ExitCode.OK
 
 
@@ -559,6 +577,12 @@ def _deploy_commands(add: Adder) -> None:
         if name == "promote":
             p.add_argument("--to", required=True, metavar="STAGE")
         p.add_argument("--check", action="store_true", help="check the gates only, change nothing")
+        p.add_argument(
+            "--allow-drift",
+            metavar="REASON",
+            help="deploy even over hosts that drifted from what itopctl left (switched or edited by hand); the "
+            "reason and the drift are recorded on the deployment",
+        )
 
     p = add("approve", cmd_approve, "approve a release for a stage (recorded with who and when)")
     p.add_argument("id")

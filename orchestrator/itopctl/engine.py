@@ -15,6 +15,13 @@ outcome, itopctl gives those host locks back itself (:func:`itopctl.probe.releas
 token until then, so the host locks of an itopctl killed before are given back by the next deployment of the stage
 before its first phase.
 
+Drift: the run that gives the host locks back at the end of a deployment also reads what every root runs (its
+``current`` and the checksum of its release tree), and the store keeps it as the stage's reference. Before a
+promotion (and in ``itopctl status --probe``) the hosts are read again, in the same run that gives back the host
+locks a killed itopctl left, and compared with it (:func:`itopctl.probe.compare`): a host switched or edited by hand
+refuses the promotion unless the operator allows the drift with a reason, recorded on the deployment. Promoting a
+release the stage already runs, verified, is that one short run: it confirms the hosts and does nothing else.
+
 The stage's state and gates are read again once the lock is held: what was read before may have been changed by a
 deployment that ran in between.
 """
@@ -26,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .errors import ExitCode, ItopctlError, bad_input, refused
@@ -35,6 +42,9 @@ from .pipeline import Pipeline, Stage
 from .runner import ConsoleDisplay, Display, PhaseInterrupt, PlaybookRunner, RunResult
 from .sentry import record_deploy
 from .store import DeploymentRecord, LockLost, ReleaseRecord, StageState, Store, parse_iso, utcnow
+
+if TYPE_CHECKING:
+    from .probe import Drift, StageProbe
 
 
 @dataclass(frozen=True)
@@ -252,31 +262,72 @@ class Orchestrator:
             return {}
         return {"deploy_lock_id": lock.handle.record.token, "deploy_lock_lease": self.lock_lease}
 
-    def _release_hosts(self, stage: Stage, runner: PlaybookRunner, held: dict[int, str]) -> None:
+    def _release_hosts(
+        self, stage: Stage, runner: PlaybookRunner, held: dict[int, str], *, read: bool = False
+    ) -> StageProbe | None:
         """Give back the host locks the deployments ``held`` (id -> token) hold; the store forgets them once done.
+        With ``read``, the same run reads what every root runs (the drift check's probe), returned.
         A failure is a warning: they expire with their lease, and the next deployment of the stage tries again."""
-        if not stage.release_roots or not held:
-            return
+        if not stage.release_roots or not (held or read):
+            return None
         from .probe import release_host_locks  # noqa: PLC0415 - probe imports this module's neighbours only
 
+        probe: StageProbe | None = None
         try:
-            result = release_host_locks(runner, self.pipeline, stage, sorted(set(held.values())))
+            result, probe = release_host_locks(runner, self.pipeline, stage, sorted(set(held.values())), read=read)
         except ItopctlError as exc:
             problem = exc.message
         else:
             if result.ok:
                 for deployment_id in held:
                     self.store.hold_host_locks(deployment_id, None)
-                return
+                return probe
             problem = f"run {result.ident}: {result.status}" + (
                 f", failed on {', '.join(result.failed_hosts)}" if result.failed_hosts else ""
             )
-        whose = ", ".join(f"#{d}" for d in sorted(held))
-        self.display.message(
-            f"warning: the host locks of deployment(s) {whose} on {stage.name} could not all be given back "
-            f"({problem}); they expire within {self.lock_lease}s of their last phase, and the next deployment of "
-            f"{stage.name} gives them back first"
-        )
+        if held:
+            whose = ", ".join(f"#{d}" for d in sorted(held))
+            self.display.message(
+                f"warning: the host locks of deployment(s) {whose} on {stage.name} could not all be given back "
+                f"({problem}); they expire within {self.lock_lease}s of their last phase, and the next deployment of "
+                f"{stage.name} gives them back first"
+            )
+        return probe
+
+    def drift(self, stage: Stage, probe: StageProbe) -> Drift:
+        """``probe`` (what the hosts run now) against what the store recorded at the end of the stage's last
+        deployment; not checked when a newer deployment recorded nothing (killed) or nothing was ever recorded."""
+        from .probe import compare  # noqa: PLC0415
+
+        reference = self.store.host_trees(stage.name)
+        last = self.store.deployments(stage=stage.name, limit=1)
+        newer = last[0].id if last and reference and last[0].id > reference[0].deployment_id else None
+        return compare(reference, probe, newer)
+
+    def _record_hosts(self, stage: Stage, deployment_id: int, probe: StageProbe | None) -> None:
+        """What the hosts run as the deployment ends: the stage's next drift reference (nothing when not read)."""
+        if probe is None or not probe.answered:
+            return
+        trees = [(h.host, h.app, h.current, h.tree) for h in probe.hosts if not h.error]
+        self.store.record_host_trees(stage.name, deployment_id, trees, self.clock())
+
+    def _drift_gate(self, stage: Stage, probe: StageProbe | None, allow_drift: str | None) -> str:
+        """Refuse a promotion over drift unless allowed; return what to record on the deployment ("" if none)."""
+        if probe is None:
+            return ""
+        drift = self.drift(stage, probe)
+        for note in drift.notes:
+            self.display.message(f"drift check on {stage.name}: {note}")
+        if not drift.drifted:
+            return ""
+        if not allow_drift:
+            raise refused(
+                f"{stage.name}: {drift.summary}: nothing was changed. Find out who changed what, then promote with "
+                f'--allow-drift "REASON" (recorded) to deploy over it, or roll back',
+                drift.drifted,
+            )
+        self.display.message(f"drift allowed on {stage.name} by {self.user}: {allow_drift}")
+        return f"{allow_drift} (allowed by {self.user}; {'; '.join(drift.drifted)})"
 
     @contextmanager
     def _closed_on_error(self, deployment_id: int) -> Iterator[None]:
@@ -315,7 +366,7 @@ class Orchestrator:
 
     # -- promote ---------------------------------------------------------------------------------------
     def _promotion_plan(
-        self, release_id: str, stage: Stage
+        self, release_id: str, stage: Stage, *, redeploy: bool = False
     ) -> Outcome | tuple[ReleaseRecord, StageState | None, tuple[GateCheck, ...]]:
         """What a promotion starts from: the release, the stage's state and the gates, all passing (or refused)."""
         release = self.store.require_release(release_id)
@@ -325,7 +376,7 @@ class Orchestrator:
                 f"{release.rejected.rejected_at}: {release.rejected.reason!r}; it can never be promoted"
             )
         state = self.store.stage_state(stage.name)
-        if state is not None and state.current_release == release.id and state.health == "healthy":
+        if not redeploy and state is not None and state.current_release == release.id and state.health == "healthy":
             return Outcome("nothing_to_do", f"{release.id} already runs on {stage.name}, verified", ExitCode.OK)
         checks = tuple(self.gates(release, stage))
         blocked = [c for c in checks if not c.ok]
@@ -336,11 +387,23 @@ class Orchestrator:
             )
         return release, state, checks
 
-    def promote(self, release_id: str, stage_name: str, *, check_only: bool = False) -> Outcome:
+    def promote(
+        self, release_id: str, stage_name: str, *, check_only: bool = False, allow_drift: str | None = None
+    ) -> Outcome:
+        """Promote ``release_id`` to ``stage_name``. ``allow_drift`` (the operator's reason) lets it go over hosts
+        that drifted from what itopctl left there; a release the stage already runs, verified, is only confirmed."""
         stage = self.pipeline.stage(stage_name)
         plan = self._promotion_plan(release_id, stage)
+        redeploy = False
         if isinstance(plan, Outcome):
-            return plan
+            if check_only or plan.status != "nothing_to_do" or not stage.release_roots:
+                return plan
+            confirmed = self._confirm(stage, release_id, allow_drift)
+            if confirmed is not None:
+                return confirmed
+            redeploy = True  # drifted, and allowed: deploy it again over the drift
+            plan = self._promotion_plan(release_id, stage, redeploy=True)
+            assert not isinstance(plan, Outcome)
         self._check_files(stage, ("prepare", "switch", "verify", "rollback"))
         if check_only:
             return Outcome("ready", f"{release_id} can be promoted to {stage.name}", ExitCode.OK, gates=plan[2])
@@ -349,7 +412,7 @@ class Orchestrator:
 
         def start() -> Outcome | _Start:
             # again, under the lock: a deployment that ran since the first look may have changed the stage
-            plan = self._promotion_plan(release_id, stage)
+            plan = self._promotion_plan(release_id, stage, redeploy=redeploy)
             if isinstance(plan, Outcome):
                 return plan
             release, state, checks = plan
@@ -357,9 +420,46 @@ class Orchestrator:
             current = state.current_release if state else None
             if state is not None and current == release.id:
                 current = state.previous_release
-            return _Start("promote", release, state, current, gates=checks)
+            return _Start("promote", release, state, current, gates=checks, allow_drift=allow_drift)
 
         return self._deploy(stage, f"promote {release_id}", start, _Promotion)
+
+    def _confirm(self, stage: Stage, release_id: str, allow_drift: str | None) -> Outcome | None:
+        """The no-op promotion: one short run reads the hosts; they run ``release_id`` as itopctl left them (the
+        outcome says so), or they drifted (refused, or None to deploy again when the drift is allowed)."""
+        probe = self._release_hosts(stage, self._require_runner(), {}, read=True)
+        if probe is None or not probe.answered:
+            return Outcome(
+                "nothing_to_do",
+                f"{release_id} is recorded as running on {stage.name}, verified, but the hosts could not be read "
+                f"to confirm it (see `itopctl status --probe --stage {stage.name}`)",
+                ExitCode.FAILED,
+            )
+        drift = self.drift(stage, probe)
+        if drift.drifted:
+            if not allow_drift:
+                raise refused(
+                    f"{release_id} is recorded as running on {stage.name}, but {drift.summary}: nothing was changed. "
+                    f'Promote again with --allow-drift "REASON" (recorded) to deploy {release_id} over it',
+                    drift.drifted,
+                )
+            return None
+        hosts = len({h.host for h in probe.hosts})
+        wrong = sorted({f"{h.host}/{h.app}" for h in probe.hosts if h.current != release_id})
+        if wrong or probe.unreachable or not drift.checked:
+            problems = [*(f"{w} does not run it" for w in wrong), *(f"{h} unreachable" for h in probe.unreachable)]
+            detail = "; ".join(problems + list(drift.notes))
+            return Outcome(
+                "nothing_to_do",
+                f"{release_id} is recorded as running on {stage.name}, verified; NOT confirmed: {detail}",
+                ExitCode.FAILED if problems else ExitCode.OK,
+            )
+        return Outcome(
+            "nothing_to_do",
+            f"{release_id} already runs on {stage.name}, verified; confirmed on {hosts} host(s) in "
+            f"{probe.seconds:.1f}s: each runs it with its release tree as deployment #{drift.reference} left it",
+            ExitCode.OK,
+        )
 
     # -- rollback --------------------------------------------------------------------------------------
     def rollback_target(self, stage: Stage, current: str) -> str | None:
@@ -435,6 +535,13 @@ class Orchestrator:
             begun = start()
             if isinstance(begun, Outcome):
                 return begun
+            # what a killed itopctl left on the hosts would refuse this deployment: given back first; a promotion
+            # reads the hosts in the same run, for the drift check (refused here, before anything is recorded)
+            stale = self.store.held_host_locks(stage.name)
+            probe = self._release_hosts(stage, runner, stale, read=begun.kind == "promote")
+            if probe is not None:
+                stale = {}
+            drift = self._drift_gate(stage, probe, begun.allow_drift) if begun.kind == "promote" else ""
             now = self.clock()
             deployment_id = self.store.start_deployment(
                 kind=begun.kind,
@@ -446,11 +553,12 @@ class Orchestrator:
                 restore_db=begun.restore_db,
             )
             self.store.attach_lock(lock.handle, deployment_id, self.lock_lease, now)
-            if begun.phase:
-                self.store.update_deployment(deployment_id, phase=begun.phase)
+            if begun.phase or drift:
+                self.store.update_deployment(
+                    deployment_id, **({"phase": begun.phase} if begun.phase else {}), drift_override=drift
+                )
             own = {deployment_id: lock.handle.record.token} if stage.release_roots else {}
-            # what a killed itopctl left on the hosts would refuse this deployment: give it back first
-            self._release_hosts(stage, runner, self.store.held_host_locks(stage.name))
+            self._release_hosts(stage, runner, stale)
             if own:
                 self.store.hold_host_locks(deployment_id, own[deployment_id])
             faults.point("locked")
@@ -462,7 +570,8 @@ class Orchestrator:
                 except LockLost as lost:
                     outcome = deployment.lock_lost(lost)
                 finally:
-                    self._release_hosts(stage, runner, own)
+                    # the same run reads what the hosts run now: the reference of the next drift check
+                    self._record_hosts(stage, deployment_id, self._release_hosts(stage, runner, own, read=True))
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, begun.gates)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
@@ -552,6 +661,7 @@ class _Start:
     restore_db: bool = False
     phase: str = ""  # the phase recorded at once, if any
     gates: tuple[GateCheck, ...] = ()
+    allow_drift: str | None = None  # a promotion: the operator's reason to go over drift
 
 
 class _Deployment:
@@ -792,3 +902,32 @@ class _Promotion(_Deployment):
             sentry=sentry,
             warnings=warnings,
         )
+
+
+# -- approvals and rejections: the same rules from the CLI and from the board (itopctl serve) --------------------
+def record_approval(
+    store: Store, pipeline: Pipeline, release_id: str, stage_name: str, *, who: str, reason: str, now: datetime
+) -> tuple[ReleaseRecord, Stage, bool]:
+    """Approve ``release_id`` for ``stage_name`` as ``who``; True when new, False when they had already approved.
+
+    Anyone may approve; the approvals gate (:meth:`Orchestrator.gates`) does not count the promoter's own."""
+    from .manifest import check_release_id  # noqa: PLC0415 - keeps this module's imports as they were
+
+    check_release_id(release_id)
+    stage = pipeline.stage(stage_name)
+    release = store.require_release(release_id)
+    if release.rejected:
+        raise refused(f"release {release.id} was rejected: it cannot be approved")
+    if not reason.strip():
+        raise bad_input("--reason must say why")
+    return release, stage, store.approve(release.id, stage.name, who, reason, now)
+
+
+def record_rejection(store: Store, release_id: str, *, who: str, reason: str, now: datetime) -> bool:
+    """Reject ``release_id`` for ever as ``who``; True when new, False when it was already rejected."""
+    from .manifest import check_release_id  # noqa: PLC0415
+
+    check_release_id(release_id)
+    if not reason.strip():
+        raise bad_input("--reason must say why")
+    return store.reject(release_id, who, reason, now)

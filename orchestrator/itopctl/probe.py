@@ -1,16 +1,19 @@
-"""``itopctl status --probe``: what each host of a stage really runs, read through the release engine.
+"""``itopctl status --probe`` and the drift check: what each host of a stage really runs, read through the release
+engine, against what itopctl recorded.
 
 The state store says what itopctl last recorded; after a killed or abandoned deployment the hosts may run mixed
-releases. The probe runs one small playbook (below, written to a temporary file: it is part of itopctl, not of a
-project) through the same :class:`~itopctl.runner.PlaybookRunner` as every phase: the collection's module
-``unistra.itop.release`` with ``operation: info`` on each application root of the stage (``release_roots`` in the
-pipeline; paths may use Ansible variables, e.g. ``"{{ lab_root }}/{{ inventory_hostname }}"``). It changes
-nothing on the hosts. The module results are read back from the run's own event records.
+releases, and someone may have switched or edited a host by hand. The probe runs one small playbook (below, written
+to a temporary file: it is part of itopctl, not of a project) through the same :class:`~itopctl.runner.PlaybookRunner`
+as every phase: the collection's module ``unistra.itop.release`` with ``operation: info`` and ``checksum: true`` on
+each application root of the stage (``release_roots`` in the pipeline; paths may use Ansible variables, e.g.
+``"{{ lab_root }}/{{ inventory_hostname }}"``): the current release and the checksum of its tree. It changes nothing
+on the hosts. The module results are read back from the run's own event records.
 
-:func:`release_host_locks` runs the same way, with ``operation: unlock``: at the end of each promotion and rollback
-itopctl gives back the engine's host lock it held on every root with its stage-lock token (``deploy_lock_id``),
-whatever the outcome, since the site playbooks take it at the start of every phase but cannot know the last one.
-"""
+:func:`release_host_locks` runs the same playbook with the ``unlock`` task too: at the end of each promotion and
+rollback itopctl gives back the engine's host lock it held on every root with its stage-lock token
+(``deploy_lock_id``), whatever the outcome, since the site playbooks take it at the start of every phase but cannot
+know the last one; the same run reads the hosts, and the store keeps that as the stage's drift reference.
+:func:`compare` is the drift check: each root now against that reference."""
 
 from __future__ import annotations
 
@@ -24,29 +27,16 @@ from typing import Any
 from .errors import bad_input
 from .pipeline import Pipeline, Stage
 from .runner import PlaybookRunner, RunResult
-
-PROBE_TASK = "Read the release state of each application root"
-PROBE_PLAYBOOK = f"""\
-# itopctl status --probe: read-only, the release engine's info operation on each application root
-- name: Read what each host runs
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: {PROBE_TASK}
-      unistra.itop.release:
-        root: "{{{{ item.value }}}}"
-        operation: info
-      loop: "{{{{ itopctl_probe_roots | dict2items }}}}"
-      loop_control:
-        label: "{{{{ item.key }}}}"
-      check_mode: true
-"""
-
+from .store import HostTree
 
 UNLOCK_TASK = "Give back the host lock of the deployment"
-UNLOCK_PLAYBOOK = f"""\
-# itopctl: the end of a deployment, the engine's host lock it held with its token given back on each root
-- name: Give back the deployment's host locks
+PROBE_TASK = "Read the release state of each application root"
+HOSTS_PLAYBOOK = f"""\
+# itopctl's own run on every host of a stage: first the host locks of the deployments in itopctl_lock_ids given back
+# on each root (the end of a deployment, or what a killed itopctl left), then, with itopctl_probe_read, the release
+# engine's info on each root with the checksum of its current release tree (status --probe, the drift check, what
+# a deployment leaves). Nothing else changes.
+- name: Give back the deployment's host locks and read what each host runs
   hosts: all
   gather_facts: false
   tasks:
@@ -61,6 +51,17 @@ UNLOCK_PLAYBOOK = f"""\
       register: __itopctl_unlock
       # a root locked by someone else now (its lease ran out and it was taken over) is theirs: left alone
       failed_when: __itopctl_unlock is failed and 'another lock_id' not in (__itopctl_unlock.msg | default(''))
+
+    - name: {PROBE_TASK}
+      unistra.itop.release:
+        root: "{{{{ item.value }}}}"
+        operation: info
+        checksum: true
+      loop: "{{{{ itopctl_probe_roots | dict2items }}}}"
+      loop_control:
+        label: "{{{{ item.key }}}}"
+      check_mode: true
+      when: itopctl_probe_read | bool
 """
 
 
@@ -72,6 +73,7 @@ class HostApp:
     previous: str | None
     lock: str | None = None  # the engine's host lock: who holds it
     error: str = ""
+    tree: str | None = None  # the checksum of the current release's tree (``sha256:...``)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,74 @@ class StageProbe:
     summary: str = ""
     consistent: bool = False
     releases: tuple[str, ...] = field(default_factory=tuple)
+    answered: tuple[str, ...] = ()  # every host that ran the probe (a host without any application root included)
+    seconds: float = 0.0  # the probe run's duration
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A stage's hosts compared with what itopctl recorded at the end of its last deployment there (:func:`compare`).
+
+    ``drifted``: what changed outside itopctl (blocks a promotion unless overridden); ``notes``: what could not be
+    checked or is not drift (no reference yet, an unreachable host, a host itopctl never deployed)."""
+
+    checked: bool
+    drifted: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    reference: int | None = None  # the deployment whose end was recorded
+
+    @property
+    def summary(self) -> str:
+        if self.drifted:
+            return f"DRIFT on {len(self.drifted)} root(s) since deployment #{self.reference}"
+        if not self.checked:
+            return "drift not checked: " + "; ".join(self.notes)
+        return f"no drift since deployment #{self.reference}" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+
+
+def compare(reference: Sequence[HostTree], probe: StageProbe, unrecorded: int | None = None) -> Drift:
+    """Each root's current release and release-tree checksum now against ``reference`` (the store's host trees).
+
+    ``unrecorded`` is a deployment of the stage newer than the reference that recorded nothing (a killed itopctl):
+    the hosts may then legitimately differ, and the drift is not checked."""
+    if not reference:
+        return Drift(False, notes=(f"nothing recorded for {probe.stage} yet (recorded at the end of each deployment)",))
+    since = reference[0].deployment_id
+    if unrecorded is not None:
+        return Drift(
+            False,
+            notes=(f"deployment #{unrecorded} ended without recording what the hosts run (was itopctl killed?)",),
+            reference=since,
+        )
+    seen = {(h.host, h.app): h for h in probe.hosts}
+    drifted: list[str] = []
+    notes: list[str] = []
+    for ref in reference:
+        where = f"{ref.host}/{ref.app}"
+        now = seen.pop((ref.host, ref.app), None)
+        if ref.host in probe.unreachable:
+            notes.append(f"{ref.host}: unreachable, not checked")
+        elif now is None and ref.host not in probe.answered:
+            notes.append(f"{ref.host}: no longer in the inventory")
+        elif now is not None and now.error:
+            notes.append(f"{where}: not checked ({now.error})")
+        elif now is None or now.current != ref.current_release:
+            runs = now.current if now is not None and now.current else "nothing"
+            drifted.append(f"{where}: runs {runs}, itopctl left {ref.current_release or 'nothing'} (switched by hand?)")
+        elif now.tree != ref.tree_checksum:
+            drifted.append(
+                f"{where}: the tree of {now.current} changed (edited by hand?): checksum {_short(now.tree)}, "
+                f"recorded {_short(ref.tree_checksum)}"
+            )
+    for (host, app), now in sorted(seen.items()):
+        if now.current is not None:
+            notes.append(f"{host}/{app}: runs {now.current}, never deployed there by itopctl (a new host?)")
+    notes = sorted(set(notes), key=notes.index)
+    return Drift(True, tuple(drifted), tuple(notes), since)
+
+
+def _short(checksum: str | None) -> str:
+    return (checksum or "none").removeprefix("sha256:")[:12]
 
 
 def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:
@@ -98,6 +168,8 @@ def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:
             continue
         if event.get("event") not in ("runner_item_on_ok", "runner_item_on_failed"):
             continue
+        if str(data.get("task", "")) != PROBE_TASK:
+            continue  # the unlock's items
         res: dict[str, Any] = data.get("res") or {}
         item = res.get("item") or {}
         lock = res.get("lock") or None
@@ -112,6 +184,7 @@ def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:
                 previous=res.get("previous"),
                 lock=f"{lock.get('owner')} ({lock.get('reason')})" if isinstance(lock, dict) else None,
                 error=str(res.get("msg", "")) if event.get("event") == "runner_item_on_failed" else "",
+                tree=(res.get("tree") or {}).get("checksum"),
             )
         )
     return found, sorted(set(unreachable))
@@ -138,10 +211,17 @@ def _run_on_roots(
         )
 
 
-def release_host_locks(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, lock_ids: Sequence[str]) -> RunResult:
+def release_host_locks(
+    runner: PlaybookRunner, pipeline: Pipeline, stage: Stage, lock_ids: Sequence[str], *, read: bool = False
+) -> tuple[RunResult, StageProbe | None]:
     """Unlock, on every root of every host of ``stage``, the engine's host lock held with one of ``lock_ids``
-    (only those: another holder's lock is left alone; a root without a lock is left as it is)."""
-    return _run_on_roots(runner, pipeline, stage, "unlock", UNLOCK_PLAYBOOK, itopctl_lock_ids=list(lock_ids))
+    (only those: another holder's lock is left alone; a root without a lock is left as it is); with ``read``, in the
+    same run, also read what each host runs (as :func:`probe_stage`)."""
+    phase = "unlock" if lock_ids else "probe"  # the run's name in the runs directory
+    result = _run_on_roots(
+        runner, pipeline, stage, phase, HOSTS_PLAYBOOK, itopctl_lock_ids=list(lock_ids), itopctl_probe_read=read
+    )
+    return result, (_probe(stage, result) if read else None)
 
 
 def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> StageProbe:
@@ -152,7 +232,13 @@ def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> Sta
         )
     if not stage.inventory.exists():
         raise bad_input(f"inventory of stage {stage.name} not found: {stage.inventory}")
-    result = _run_on_roots(runner, pipeline, stage, "probe", PROBE_PLAYBOOK)
+    result = _run_on_roots(
+        runner, pipeline, stage, "probe", HOSTS_PLAYBOOK, itopctl_lock_ids=[], itopctl_probe_read=True
+    )
+    return _probe(stage, result)
+
+
+def _probe(stage: Stage, result: RunResult) -> StageProbe:
     hosts, unreachable = _results(Path(result.private_data_dir))
     hosts.sort(key=lambda h: (h.host, h.app))
     releases = sorted({h.current or "(none)" for h in hosts})
@@ -174,4 +260,6 @@ def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> Sta
         summary=summary,
         consistent=consistent,
         releases=tuple(releases),
+        answered=tuple(sorted(result.hosts)),
+        seconds=result.duration,
     )

@@ -121,11 +121,13 @@ class DeploymentRecord:
     sentry: str = ""  # the Sentry markers' outcome: "recorded: ..." or "not recorded: <why>" ("" without Sentry)
     restore_db: bool = False
     warnings: list[str] = field(default_factory=list)  # what went wrong without failing it (schema 4)
+    drift_override: str = ""  # the drift this deployment was allowed to go over: the reason, what drifted (schema 5)
 
 
 _DEPLOYMENT_COLUMNS = (
     "id, kind, release_id, stage, from_release, started_by, started_at, finished_at, duration, result, phase, "
-    "verified, stage_release, hosts, switched_hosts, runner_idents, message, sentry, restore_db, warnings"
+    "verified, stage_release, hosts, switched_hosts, runner_idents, message, sentry, restore_db, warnings, "
+    "drift_override"
 )
 
 
@@ -147,6 +149,19 @@ class StageState:
     updated_at: str
     updated_by: str
     health: str
+
+
+@dataclass(frozen=True)
+class HostTree:
+    """What one application root of one host ran when itopctl's last deployment of the stage ended (schema 5)."""
+
+    stage: str
+    host: str
+    app: str
+    current_release: str | None
+    tree_checksum: str | None
+    deployment_id: int
+    recorded_at: str
 
 
 @dataclass(frozen=True)
@@ -531,6 +546,28 @@ class Store:
             (stage, release_id),
         )
         return _deployment(row) if row else None
+
+    # -- what the hosts ran at the end of the last deployment: the drift check's reference --------------
+    def record_host_trees(
+        self, stage: str, deployment_id: int, trees: Sequence[tuple[str, str, str | None, str | None]], now: datetime
+    ) -> None:
+        """Replace the stage's reference with ``(host, app, current release, tree checksum)`` per root, at once."""
+        with self.transaction():
+            self.execute("DELETE FROM host_trees WHERE stage = ?", (stage,))
+            for host, app, current, checksum in trees:
+                self.execute(
+                    "INSERT INTO host_trees (stage, host, app, current_release, tree_checksum, deployment_id, "
+                    "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (stage, host, app, current, checksum, deployment_id, iso(now)),
+                )
+
+    def host_trees(self, stage: str) -> list[HostTree]:
+        rows = self.rows(
+            "SELECT stage, host, app, current_release, tree_checksum, deployment_id, recorded_at FROM host_trees "
+            "WHERE stage = ? ORDER BY host, app",
+            (stage,),
+        )
+        return [HostTree(*row) for row in rows]
 
     def stage_states(self) -> dict[str, StageState]:
         rows = self.rows(

@@ -94,7 +94,7 @@ def test_schema_4_adds_deployment_warnings_to_an_existing_store(
         old = store.start_deployment(kind="promote", release_id="r1", stage="dev", from_release=None, who="a", now=now)
     monkeypatch.undo()
     with Store.open(state_url) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == files[-1][0]
         assert store.deployment(old).warnings == []
         new = store.start_deployment(kind="promote", release_id="r1", stage="dev", from_release=None, who="a", now=now)
         store.finish_deployment(new, result="succeeded", now=now, stage_state=None, warnings=["Sentry not recorded: x"])

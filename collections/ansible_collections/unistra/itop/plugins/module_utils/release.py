@@ -71,6 +71,7 @@ from ansible_collections.unistra.itop.plugins.module_utils.rules import (
     safe_relpath,
     validate_release_id,
 )
+from ansible_collections.unistra.itop.plugins.module_utils.treesum import tree_checksum
 from ansible_collections.unistra.itop.plugins.module_utils.unpack import UnpackLimits, fetch_and_unpack
 
 SCHEMA_VERSION = 1
@@ -1023,10 +1024,14 @@ class ReleaseManager:
             self._save(state)
             return self._result(state, True, f"release {rid} marked failed", release=rid, path=self.release_path(rid))
 
-    def info(self) -> dict[str, Any]:
+    def info(self, *, checksum: bool = False) -> dict[str, Any]:
+        """The state; with ``checksum``, also the current release tree's checksum (``treesum``): drift detection."""
         with self._guarded(write=False) as state:
             path = self.release_path(state.current) if state.current else None
-            return self._result(state, False, "info", release=state.current, path=path)
+            extra: dict[str, Any] = {}
+            if checksum:
+                extra["tree"] = tree_checksum(path) if path and os.path.isdir(path) else None
+            return self._result(state, False, "info", release=state.current, path=path, **extra)
 
     # -- deployment lock --------------------------------------------------------------------------------------------
 

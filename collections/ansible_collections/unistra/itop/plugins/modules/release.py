@@ -218,6 +218,13 @@ options:
         come back only through a new O(operation=prepare), never by activate, even with O(force).
     type: bool
     default: false
+  checksum:
+    description:
+      - With O(operation=info), also return the checksum of the current release's tree in RV(tree), over every path,
+        kind, mode and content (links not followed; Python byte-code caches left out). A release is immutable once
+        prepared, so a checksum that changed means the tree was changed by hand (itopctl's drift check compares it).
+    type: bool
+    default: false
   force:
     description:
       - With O(operation=lock) or O(operation=unlock), take over or release a lock held by someone else (recorded).
@@ -430,6 +437,22 @@ lock:
     expired:
       description: Whether the lease has ended.
       type: bool
+tree:
+  description:
+    - The current release tree's checksum, with O(operation=info) and O(checksum); null when nothing is current.
+  returned: when O(operation=info) and O(checksum)
+  type: dict
+  contains:
+    checksum:
+      description: The prefix C(sha256) and the hex digest over every entry's path, kind, mode and content or link target.
+      type: str
+    files:
+      description: The regular files counted.
+      type: int
+    bytes:
+      description: Their total size.
+      type: int
+  sample: {checksum: "sha256:9b2f...", files: 4211, bytes: 52428800}
 removed:
   description: Release ids removed (or that would be removed in check mode) by prune.
   returned: when O(operation=prune)
@@ -595,6 +618,7 @@ def argument_spec():
         force=dict(type="bool", default=False),
         restore_db=dict(type="bool", default=False),
         restored_db=dict(type="bool", default=False),
+        checksum=dict(type="bool", default=False),
     )
 
 
@@ -635,7 +659,7 @@ OPERATION_HANDLERS = {
     "mark_failed": lambda m, p: m.mark_failed(p["release"], reason=p["reason"]),
     "lock": lambda m, p: m.lock(reason=p["reason"], lease=p["lease"], lock_id=p["lock_id"], force=p["force"]),
     "unlock": lambda m, p: m.unlock(lock_id=p["lock_id"], force=p["force"]),
-    "info": lambda m, p: m.info(),
+    "info": lambda m, p: m.info(checksum=p["checksum"]),
 }
 
 
