@@ -22,6 +22,21 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Debian packages the tests use on this machine (outside the lab's containers): the board's browser tests drive
+# Debian's chromium through its chromedriver (no browser download at test time)
+debian_packages=(chromium chromium-driver)
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n1)" ]; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 bash scripts/lab-image.sh
 # the lab's hosts: the lab image + the roles' Debian packages (rebuilt only when its inputs change)
 bash scripts/stack-image.sh

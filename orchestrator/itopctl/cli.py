@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from .config import OPTIONS, Settings, load_settings
+from . import __version__, views
+from .config import OPTIONS, SERVE_OPTIONS, Settings, load_settings
 from .errors import ExitCode, ItopctlError, bad_input
 from .manifest import check_release_id, load_manifest
 from .pipeline import Pipeline, load_pipeline, parse_duration
 from .store import Store, redact_url, utcnow
+from .web import serve_arguments
 
 
 class Context:
@@ -92,16 +91,10 @@ class Context:
 
     # -- output -----------------------------------------------------------------------------------------
     def json(self, data: Any) -> None:
-        print(json.dumps(data, indent=2, default=_jsonable), file=self.out)
+        print(views.dumps(data), file=self.out)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    return str(obj)  # paths, datetimes
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -129,36 +122,18 @@ def cmd_release_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_release_list(ctx: Context, args: argparse.Namespace) -> int:
-    releases = ctx.store.releases()
-    states = ctx.store.stage_states()
-    where: dict[str, list[str]] = {}
-    for stage, state in states.items():
-        if state.current_release:
-            where.setdefault(state.current_release, []).append(stage)
+    releases = views.release_list(ctx.store)
     if args.json:
-        ctx.json(
-            [
-                {
-                    "id": r.id,
-                    "added_by": r.added_by,
-                    "added_at": r.added_at,
-                    "digest": r.digest,
-                    "components": sorted(r.manifest.get("components", {})),
-                    "rejected": r.rejected,
-                    "current_on": sorted(where.get(r.id, [])),
-                }
-                for r in releases
-            ]
-        )
+        ctx.json(releases)
         return ExitCode.OK
     rows = [
         [
-            r.id,
-            _short(r.added_at),
-            r.added_by,
-            ",".join(sorted(r.manifest.get("components", {}))),
-            ",".join(sorted(where.get(r.id, []))),
-            f"REJECTED: {r.rejected.reason}" if r.rejected else "",
+            r["id"],
+            _short(r["added_at"]),
+            r["added_by"],
+            ",".join(r["components"]),
+            ",".join(r["current_on"]),
+            f"REJECTED: {r['rejected']['reason']}" if r["rejected"] else "",
         ]
         for r in releases
     ]
@@ -167,12 +142,12 @@ def cmd_release_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_release_show(ctx: Context, args: argparse.Namespace) -> int:
+    if args.json:
+        ctx.json(views.release_show(ctx.store, args.id))
+        return ExitCode.OK
     release = ctx.store.require_release(args.id)
     approvals = ctx.store.approvals(release.id)
     deployments = ctx.store.deployments(release_id=release.id, limit=50)
-    if args.json:
-        ctx.json({"release": release, "approvals": approvals, "deployments": deployments})
-        return ExitCode.OK
     ctx.print(
         f"release {release.id}  (added {_short(release.added_at)} by {release.added_by}, digest {release.digest})"
     )
@@ -202,8 +177,9 @@ def cmd_release_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_release_reject(ctx: Context, args: argparse.Namespace) -> int:
-    check_release_id(args.id)
-    rejected = ctx.store.reject(args.id, ctx.user, args.reason, utcnow())
+    from .engine import record_rejection  # noqa: PLC0415 - the engine imports the runner module
+
+    rejected = record_rejection(ctx.store, args.id, who=ctx.user, reason=args.reason, now=utcnow())
     if args.json:
         ctx.json({"release": args.id, "rejected": True, "new": rejected})
     else:
@@ -214,7 +190,7 @@ def cmd_release_reject(ctx: Context, args: argparse.Namespace) -> int:
 # -- promote / deploy / rollback -------------------------------------------------------------------------
 def _print_outcome(ctx: Context, args: argparse.Namespace, outcome: Any) -> int:
     if args.json:
-        ctx.json(outcome)
+        ctx.json(views.outcome(outcome))
     else:
         for gate in outcome.gates:
             ctx.print(f"gate {gate.gate}: {'ok' if gate.ok else 'BLOCKED'} - {gate.detail}")
@@ -247,14 +223,11 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
-    check_release_id(args.id)
-    stage = ctx.pipeline.stage(args.stage)
-    release = ctx.store.require_release(args.id)
-    if release.rejected:
-        raise ItopctlError(f"release {release.id} was rejected: it cannot be approved", ExitCode.REFUSED)
-    if not args.reason.strip():
-        raise bad_input("--reason must say why")
-    added = ctx.store.approve(release.id, stage.name, ctx.user, args.reason, utcnow())
+    from .engine import record_approval  # noqa: PLC0415 - the engine imports the runner module
+
+    release, stage, added = record_approval(
+        ctx.store, ctx.pipeline, args.id, args.stage, who=ctx.user, reason=args.reason, now=utcnow()
+    )
     if args.json:
         ctx.json({"release": release.id, "stage": stage.name, "approver": ctx.user, "new": added})
     else:
@@ -273,32 +246,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     names = [args.stage] if args.stage else list(ctx.pipeline.names)
     if args.probe:
         return _status_probe(ctx, args, names)
-    states = ctx.store.stage_states()
-    locks = ctx.store.locks()
-    now = utcnow()
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        state = states.get(name)
-        lock = locks.get(name)
-        live_lock = lock if lock is not None and not lock.expired(now) else None
-        last = ctx.store.deployment(state.deployment_id) if state and state.deployment_id is not None else None
-        rows.append(
-            {
-                "stage": name,
-                "current": state.current_release if state else None,
-                "previous": state.previous_release if state else None,
-                "when": state.updated_at if state else None,
-                "who": state.updated_by if state else None,
-                "health": state.health if state else "never deployed",
-                "deployment": state.deployment_id if state else None,
-                "warnings": last.warnings if last else [],  # those of the deployment that set this state
-                "lock": (
-                    {"owner": live_lock.owner, "kind": live_lock.kind, "reason": live_lock.reason,
-                     "expires_at": live_lock.expires_at}
-                    if live_lock else None
-                ),
-            }
-        )  # fmt: skip
+    rows = views.status(ctx.store, names, utcnow())
     if args.json:
         ctx.json(rows)
         return ExitCode.OK
@@ -387,11 +335,11 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         ctx.pipeline.stage(args.stage)
     if args.release:
         check_release_id(args.release)
-    deployments = ctx.store.deployments(stage=args.stage, release_id=args.release, limit=args.limit or None)
     if args.json:
-        ctx.json(deployments)
-    else:
-        ctx.print(_history_table(deployments) if deployments else "no deployment recorded")
+        ctx.json(views.history(ctx.store, stage=args.stage, release_id=args.release, limit=args.limit or None))
+        return ExitCode.OK
+    deployments = ctx.store.deployments(stage=args.stage, release_id=args.release, limit=args.limit or None)
+    ctx.print(_history_table(deployments) if deployments else "no deployment recorded")
     for d in deployments:
         if d.drift_override:
             ctx.print(f"#{d.id} went over drift: {d.drift_override}")
@@ -427,11 +375,11 @@ def cmd_unlock(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_locks(ctx: Context, args: argparse.Namespace) -> int:
+    if args.json:
+        ctx.json(views.locks(ctx.store, args.stage, limit=args.limit))
+        return ExitCode.OK
     locks = ctx.store.locks()
     events = ctx.store.lock_events(args.stage, limit=args.limit)
-    if args.json:
-        ctx.json({"locks": list(locks.values()), "events": events})
-        return ExitCode.OK
     ctx.print(
         table(
             [[lk.stage, lk.owner, lk.kind, lk.reason, _short(lk.expires_at)] for lk in locks.values()],
@@ -508,6 +456,12 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    from .web.command import serve  # noqa: PLC0415 - Flask and waitress only for this command
+
+    return serve(ctx, args)
+
+
 # -- parser ------------------------------------------------------------------------------------------------
 def _cache_argparse_translations() -> None:
     """argparse looks up the gettext catalogue for every help string of every sub-parser (about 60 file
@@ -523,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("settings (defaults < config file < environment < command line)")
     g.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (default: ./itopctl.toml)")
     for opt in OPTIONS:
-        if opt.name in ("env_passthrough", "secret_env"):
+        if opt.name in ("env_passthrough", "secret_env") or opt.name in SERVE_OPTIONS:
             continue
         g.add_argument(f"--{opt.name.replace('_', '-')}", default=argparse.SUPPRESS, help=f"{opt.help} [{opt.env}]")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -548,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_commands(add)
     _lab_commands(sub, add)
     add("config", cmd_config, "show the settings and where each comes from")
+    p = add("serve", cmd_serve, "the web board: stages, gates, approvals, history; approve and reject when signed in")
+    serve_arguments(p)
     return parser
 
 

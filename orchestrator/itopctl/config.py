@@ -49,6 +49,15 @@ def _str_list(value: Any) -> tuple[str, ...]:
     raise ValueError("must be a list or a comma-separated string")
 
 
+def _listen(value: Any) -> str:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6; port 0: any free port, printed at start)."""
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -66,7 +75,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("lock_lease", "ITOPCTL_LOCK_LEASE", _positive_int, "lease of a deployment's stage lock, seconds"),
     Option("env_passthrough", "ITOPCTL_ENV_PASSTHROUGH", _str_list, "variables passed to ansible besides ANSIBLE_*"),
     Option("secret_env", "ITOPCTL_SECRET_ENV", _str_list, "secrets: playbooks get them as extra vars (NAME -> name)"),
+    # itopctl serve (the web board) only
+    Option("listen", "ITOPCTL_LISTEN", _listen, "the board's address, HOST:PORT"),
+    Option("trusted_proxies", "ITOPCTL_TRUSTED_PROXIES", _str_list, "reverse proxies whose user header is believed"),
+    Option("user_header", "ITOPCTL_USER_HEADER", str, "the header a trusted proxy names the user in"),
+    Option("tokens_file", "ITOPCTL_TOKENS_FILE", str, "the board's per-user tokens, hashed (0600)"),
 )
+SERVE_OPTIONS = frozenset({"listen", "trusted_proxies", "user_header", "tokens_file"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,10 @@ def defaults(environ: Mapping[str, str]) -> dict[str, Any]:
         "lock_lease": 3600,
         "env_passthrough": ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "DOCKER_HOST"),
         "secret_env": (),
+        "listen": "127.0.0.1:8080",
+        "trusted_proxies": (),
+        "user_header": "X-Forwarded-User",
+        "tokens_file": str(state / "board-tokens"),
     }
 
 
