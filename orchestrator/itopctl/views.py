@@ -7,9 +7,10 @@ anything holding them, into JSON-ready values (dataclasses as dicts, tuples as l
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,16 @@ if TYPE_CHECKING:  # the engine imports the runner module: only the board and pr
     from .store import Store
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 def plain(obj: Any) -> Any:
-    """JSON-ready values: dataclasses as dicts, mappings and sequences walked, anything else unknown as text."""
+    """JSON-ready values: dataclasses as dicts (as ``asdict`` makes them, without its deep copies), mappings and
+    sequences walked, anything else unknown as text."""
     if is_dataclass(obj) and not isinstance(obj, type):
-        return plain(asdict(obj))
+        return {name: plain(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, Mapping):
         return {str(key): plain(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):

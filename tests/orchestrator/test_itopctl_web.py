@@ -278,6 +278,8 @@ def test_history_pages_and_run_log_summaries(sqlite_project: Project) -> None:
     assert "dev-1: fetch: checksum &lt;mismatch&gt;" in detail
     assert client.get("/api/deployments/7").get_json()["runs"][0]["failures"] == ["dev-1: fetch: checksum <mismatch>"]
     assert client.get("/?stage=dev&before=x").status_code == 400
+    assert [d["id"] for d in client.get("/api/history?before=3&limit=1").get_json()] == [2]
+    assert [d["id"] for d in client.get("/api/history?before=3&release=r0").get_json()] == [1]
     assert RunLogs(project.root / "runs").summary("../etc").found is False
 
 

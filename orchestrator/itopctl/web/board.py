@@ -23,17 +23,18 @@ NEWEST_RELEASES = 5  # besides those running somewhere, the newest releases not 
 
 
 def history_page(
-    store: Store, *, stage: str | None, before: int | None, limit: int
+    store: Store, *, stage: str | None, before: int | None, limit: int, release_id: str | None = None
 ) -> tuple[list[DeploymentRecord], int | None]:
     """``limit`` deployments older than ``before`` (newest first), and the ``before`` of the next page (None: last)."""
     if before is None:
-        found = store.deployments(stage=stage, limit=limit + 1)
+        found = store.deployments(stage=stage, release_id=release_id, limit=limit + 1)
     else:
         sql = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id < ?"  # noqa: S608 - constant column list
         params: list[Any] = [before]
-        if stage is not None:
-            sql += " AND stage = ?"
-            params.append(stage)
+        for column, value in (("stage", stage), ("release_id", release_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
         found = [_deployment(row) for row in store.rows(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])]
     more = len(found) > limit
     page = found[:limit]
