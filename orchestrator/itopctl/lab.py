@@ -139,9 +139,11 @@ def inventory_text(stage: str, hosts: Sequence[LabHost], subnet: str) -> str:
         f'# The lab\'s {stage} stage: written by `itopctl lab up` (docs/design.md, "The lab"); containers are hosts.',
         "all:",
         "  vars:",
-        "    ansible_connection: community.docker.docker",
+        "    ansible_connection: docker",
         "    ansible_python_interpreter: /usr/bin/python3",
         f"    lab_stage: {stage}",
+        # what itopctl passes as an extra var: a playbook run by hand configures the stage exactly as itopctl does
+        f"    deploy_stage: {stage}",
         f"    stack_client_networks: [{subnet}]",
         "  children:",
     ]

@@ -11,6 +11,7 @@ Example (every key but ``stages[].name`` is optional; ``defaults`` is inherited 
     ansible:
       collections_path: collections             # relative to this file
       environment: {ANSIBLE_FORCE_COLOR: "0"}
+      strategy: mitogen                         # linear (Ansible's own, the default) or mitogen
     stages:
       - dev
       - name: prod
@@ -356,10 +357,36 @@ def _switch_order(checker: Checker, value: object, path: PathKey) -> tuple[str, 
     return tuple(order)
 
 
+def _strategy(checker: Checker, value: object) -> dict[str, str]:
+    """``ansible.strategy``: ``linear`` (Ansible's own) or ``mitogen`` (the Mitogen strategy: one Python interpreter
+    kept per host for the whole run instead of one per task; the hosts' connection must then be given by its short
+    name, e.g. ``ansible_connection: docker`` or ``ssh``, which Mitogen takes over). The plugin directory comes from
+    the installed ``ansible_mitogen`` package (a dependency of itopctl)."""
+    name = checker.string(value, ("ansible", "strategy"))
+    if name is None or name == "linear":
+        return {}
+    if name != "mitogen":
+        checker.error(("ansible", "strategy"), f"must be linear or mitogen, not {name!r}")
+        return {}
+    try:
+        import ansible_mitogen  # type: ignore[import-untyped]  # noqa: PLC0415 - only for the pipelines that ask
+    except ImportError:
+        checker.error(
+            ("ansible", "strategy"),
+            "mitogen is not installed in itopctl's Python: install it (pip install -c constraints.txt mitogen) "
+            "or use strategy: linear",
+        )
+        return {}
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": str(plugins)}
+
+
 def _environment(checker: Checker, value: object, base: Path) -> dict[str, str]:
     """``ansible:`` -> the variables every run gets (paths resolved against the pipeline's directory)."""
-    ansible = checker.mapping(value, ("ansible",), {"collections_path", "roles_path", "environment"})
+    ansible = checker.mapping(value, ("ansible",), {"collections_path", "roles_path", "environment", "strategy"})
     environment: dict[str, str] = {}
+    if "strategy" in ansible:
+        environment.update(_strategy(checker, ansible["strategy"]))
     for key, item in checker.mapping(ansible.get("environment"), ("ansible", "environment"), None).items():
         if not ENV_NAME.match(key):
             checker.error(("ansible", "environment", key), "not a valid environment variable name")

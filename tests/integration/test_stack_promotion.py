@@ -26,6 +26,7 @@ version: 1
 ansible:
   collections_path: {REPO / "collections"}
   environment: {{ANSIBLE_PIPELINING: "true"}}
+  strategy: mitogen
 defaults:
   inventory: "{{stage}}.yml"
   playbooks:
@@ -119,3 +120,18 @@ def test_the_whole_stack_through_dev_and_a_multi_host_prod_then_rolled_back(proj
         capture_output=True, text=True, check=False,
     ).stdout.strip()  # fmt: skip
     assert setups in ("", "0"), setups
+
+    # the drift check on the real hosts: prod as its rollback left it; dev's no-op promotion is one read that
+    # confirms; a file of dev's iTop release edited by hand is drift, which refuses a promotion
+    probe = json.loads(_itopctl(env, "status", "--probe", "--stage", "prod", "--json").stdout)[0]
+    assert probe["drift"]["checked"] and probe["drift"]["drifted"] == [], probe["drift"]
+    noop = _itopctl(env, "deploy", "demo-2")
+    assert noop.returncode == 0 and "confirmed on 1 host(s)" in noop.stdout, noop.stdout + noop.stderr
+    subprocess.run(
+        ["docker", "exec", f"{PREFIX}-dev-1", "sh", "-c", "echo '// by hand' >> /srv/itop/current/index.php"],
+        check=True,
+    )
+    drifted = json.loads(_itopctl(env, "status", "--probe", "--stage", "dev", "--json").stdout)[0]["drift"]
+    assert [d.split(":")[0] for d in drifted["drifted"]] == [f"{PREFIX}-dev-1/itop"], drifted
+    refused = _itopctl(env, "deploy", "demo-2")
+    assert refused.returncode == 3 and "the tree of demo-2 changed" in refused.stderr, refused.stderr

@@ -68,9 +68,10 @@ def test_the_inventory_lists_the_groups_and_the_stage_vars(tmp_path: Path) -> No
     text = lab.inventory_text("prod", lab.topology("prod", "lab"), "172.31.14.0/24")
     data = yaml.safe_load(text)["all"]
     assert data["vars"] == {
-        "ansible_connection": "community.docker.docker",
+        "ansible_connection": "docker",
         "ansible_python_interpreter": "/usr/bin/python3",
         "lab_stage": "prod",
+        "deploy_stage": "prod",
         "stack_client_networks": ["172.31.14.0/24"],
     }
     assert {g: list(v["hosts"]) for g, v in data["children"].items()} == {

@@ -138,3 +138,19 @@ def test_manifest_validation(tmp_path: Path) -> None:
     assert "bad.yml:5: components.itop.sha256: must be 64 hex digits (either case; stored in lower case)" in message
     assert "bad.yml:7: components.itop.extensions[0].uri: unsupported scheme" in message
     assert "components.itop.extensions[0].name: must be a non-empty string" in message
+
+
+def test_the_mitogen_strategy_comes_from_the_installed_package(tmp_path: Path) -> None:
+    import ansible_mitogen  # type: ignore[import-untyped]  # noqa: PLC0415 - a dependency of itopctl
+
+    playbooks = "{prepare: p.yml, switch: p.yml, verify: p.yml, rollback: p.yml}"
+    text = f"version: 1\nansible:\n  strategy: mitogen\ndefaults:\n  playbooks: {playbooks}\nstages: [dev]\n"
+    env = load_pipeline(write(tmp_path, text)).environment
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert env["ANSIBLE_STRATEGY_PLUGINS"] == str(plugins)
+    assert (plugins / "mitogen_linear.py").is_file()
+    linear = load_pipeline(write(tmp_path, text.replace("mitogen", "linear"))).environment
+    assert "ANSIBLE_STRATEGY" not in linear and "ANSIBLE_STRATEGY_PLUGINS" not in linear
+    message = errors_of(write(tmp_path, text.replace("mitogen", "free")))
+    assert "pipeline.yml:3: ansible.strategy: must be linear or mitogen, not 'free'" in message

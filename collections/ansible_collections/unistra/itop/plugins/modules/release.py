@@ -444,7 +444,7 @@ tree:
   type: dict
   contains:
     checksum:
-      description: The prefix C(sha256) and the hex digest over every entry's path, kind, mode and content or link target.
+      description: C(sha256) and the hex digest over every entry path, kind, mode and content or link target.
       type: str
     files:
       description: The regular files counted.
