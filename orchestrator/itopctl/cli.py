@@ -270,7 +270,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) -> int:
     """``status --probe``: the recorded state next to what the hosts say (the release engine's info)."""
-    from .probe import probe_stage  # noqa: PLC0415 - runs a playbook: only when asked
+    from .probe import probe_stage, short_checksum  # noqa: PLC0415 - runs a playbook: only when asked
 
     states = ctx.store.stage_states()
     orchestrator = ctx.orchestrator(with_runner=True)
@@ -301,7 +301,7 @@ def _status_probe(ctx: Context, args: argparse.Namespace, names: Sequence[str]) 
         ctx.print(f"{p.stage}: {p.summary}  [recorded: {recorded}]  {drift.summary}")
         ctx.print(
             table(
-                [[h.host, h.app, h.current, h.previous, (h.tree or "").removeprefix("sha256:")[:12], h.lock, h.error]
+                [[h.host, h.app, h.current, h.previous, short_checksum(h.tree, ""), h.lock, h.error]
                  for h in p.hosts]
                 + [[host, "", "UNREACHABLE", "", "", "", ""] for host in p.unreachable],
                 ["host", "app", "current", "previous", "tree", "host lock", "error"],

@@ -369,7 +369,7 @@ def _strategy(checker: Checker, value: object) -> dict[str, str]:
         checker.error(("ansible", "strategy"), f"must be linear or mitogen, not {name!r}")
         return {}
     try:
-        import ansible_mitogen  # type: ignore[import-untyped]  # noqa: PLC0415 - only for the pipelines that ask
+        return mitogen_environment()
     except ImportError:
         checker.error(
             ("ansible", "strategy"),
@@ -377,6 +377,12 @@ def _strategy(checker: Checker, value: object) -> dict[str, str]:
             "or use strategy: linear",
         )
         return {}
+
+
+def mitogen_environment() -> dict[str, str]:
+    """The variables that make ansible-playbook run with the installed Mitogen strategy (ImportError without it)."""
+    import ansible_mitogen  # type: ignore[import-untyped]  # noqa: PLC0415 - only for the pipelines that ask
+
     plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
     return {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": str(plugins)}
 

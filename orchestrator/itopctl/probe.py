@@ -141,8 +141,8 @@ def compare(reference: Sequence[HostTree], probe: StageProbe, unrecorded: int | 
             drifted.append(f"{where}: runs {runs}, itopctl left {ref.current_release or 'nothing'} (switched by hand?)")
         elif now.tree != ref.tree_checksum:
             drifted.append(
-                f"{where}: the tree of {now.current} changed (edited by hand?): checksum {_short(now.tree)}, "
-                f"recorded {_short(ref.tree_checksum)}"
+                f"{where}: the tree of {now.current} changed (edited by hand?): checksum {short_checksum(now.tree)}, "
+                f"recorded {short_checksum(ref.tree_checksum)}"
             )
     for (host, app), now in sorted(seen.items()):
         if now.current is not None:
@@ -151,8 +151,9 @@ def compare(reference: Sequence[HostTree], probe: StageProbe, unrecorded: int | 
     return Drift(True, tuple(drifted), tuple(notes), since)
 
 
-def _short(checksum: str | None) -> str:
-    return (checksum or "none").removeprefix("sha256:")[:12]
+def short_checksum(checksum: str | None, missing: str = "none") -> str:
+    """A tree checksum as people read it: the first 12 hex digits."""
+    return (checksum or missing).removeprefix("sha256:")[:12]
 
 
 def _results(private_data_dir: Path) -> tuple[list[HostApp], list[str]]:

@@ -519,9 +519,14 @@ class Store:
         return _deployment(row)
 
     def deployments(
-        self, *, stage: str | None = None, release_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        stage: str | None = None,
+        release_id: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
     ) -> list[DeploymentRecord]:
-        """Newest first."""
+        """Newest first; with ``before`` (an id), only older ones (a page of history)."""
         sql = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments"  # noqa: S608 - constant column list
         where: list[str] = []
         params: list[Any] = []
@@ -531,6 +536,9 @@ class Store:
         if release_id is not None:
             where.append("release_id = ?")
             params.append(release_id)
+        if before is not None:
+            where.append("id < ?")
+            params.append(int(before))
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC"

@@ -111,10 +111,17 @@ def status(store: Store, names: Sequence[str], now: datetime) -> list[dict[str, 
 
 
 def history(
-    store: Store, *, stage: str | None = None, release_id: str | None = None, limit: int | None = 50
+    store: Store,
+    *,
+    stage: str | None = None,
+    release_id: str | None = None,
+    limit: int | None = 50,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """``itopctl history --json``: deployments, newest first."""
-    records: list[dict[str, Any]] = plain(store.deployments(stage=stage, release_id=release_id, limit=limit))
+    """``itopctl history --json``: deployments, newest first (with ``before``, those older than that id)."""
+    records: list[dict[str, Any]] = plain(
+        store.deployments(stage=stage, release_id=release_id, limit=limit, before=before)
+    )
     return records
 
 

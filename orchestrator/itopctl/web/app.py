@@ -25,7 +25,7 @@ from ..pipeline import Pipeline, load_pipeline
 from ..runner import NullDisplay
 from ..store import Store, utcnow
 from . import audit, auth
-from .board import board, deployment_view, history_page, version
+from .board import board, deployment_view, version
 from .runlog import RunLogs
 
 HISTORY_MAX = 500  # the API answers this many deployments at most (then page with ?before=ID): under 200 ms
@@ -311,10 +311,7 @@ def create_app(config: BoardConfig, *, secret_key: bytes | None = None) -> Flask
         limit = int_arg("limit")
         limit = 50 if limit is None else min(limit or HISTORY_MAX, HISTORY_MAX)
         release, before, stage = request.args.get("release") or None, int_arg("before"), stage_arg(pipeline)
-        if before is not None:
-            page, _ = history_page(shared.store(), stage=stage, before=before, limit=limit, release_id=release)
-            return json_response(page)
-        return json_response(views.history(shared.store(), stage=stage, release_id=release, limit=limit))
+        return json_response(views.history(shared.store(), stage=stage, release_id=release, limit=limit, before=before))
 
     @app.get("/api/releases")
     def api_releases() -> Response:

@@ -15,7 +15,7 @@ from .. import views
 from ..engine import Orchestrator
 from ..pipeline import Pipeline
 from ..runner import NullDisplay
-from ..store import _DEPLOYMENT_COLUMNS, DeploymentRecord, ReleaseRecord, Store, _deployment, iso
+from ..store import DeploymentRecord, ReleaseRecord, Store, iso
 from . import audit
 from .runlog import RunLogs
 
@@ -26,16 +26,7 @@ def history_page(
     store: Store, *, stage: str | None, before: int | None, limit: int, release_id: str | None = None
 ) -> tuple[list[DeploymentRecord], int | None]:
     """``limit`` deployments older than ``before`` (newest first), and the ``before`` of the next page (None: last)."""
-    if before is None:
-        found = store.deployments(stage=stage, release_id=release_id, limit=limit + 1)
-    else:
-        sql = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id < ?"  # noqa: S608 - constant column list
-        params: list[Any] = [before]
-        for column, value in (("stage", stage), ("release_id", release_id)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        found = [_deployment(row) for row in store.rows(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])]
+    found = store.deployments(stage=stage, release_id=release_id, limit=limit + 1, before=before)
     more = len(found) > limit
     page = found[:limit]
     return page, (page[-1].id if more and page else None)
