@@ -16,6 +16,7 @@ from ansible_collections.unistra.itop.plugins.module_utils.broker_state import (
     users_pending,
     vhosts_pending,
 )
+from ansible_collections.unistra.itop.plugins.module_utils.messaging import lifecycle_definitions
 
 pending = FilterModule().filters()["rabbitmq_pending"]
 
@@ -126,22 +127,19 @@ def test_vhosts_pending_by_state() -> None:
     assert vhosts_pending(wanted, held) == [wanted[1], wanted[2]]
 
 
-LIMITS = {
-    "name": "tickets.limits",
-    "vhost": "/unistra",
-    "pattern": "^tickets$",
-    "apply_to": "queues",
-    "tags": {"max-length": 100000, "overflow": "reject-publish"},
-    "priority": 10,
-    "state": "present",
-}
+# the lifecycle's own policy, as the role applies it, and as the broker's API gives it back
+LIMITS = next(
+    p
+    for p in lifecycle_definitions([{"name": "tickets", "vhost": "/unistra", "max_length": 100000}])["policies"]
+    if p["name"] == "tickets.limits"
+)
 HELD_LIMITS = {
-    "name": "tickets.limits",
-    "vhost": "/unistra",
-    "pattern": "^tickets$",
-    "apply-to": "queues",
-    "definition": {"max-length": 100000, "overflow": "reject-publish"},
-    "priority": 10,
+    "name": LIMITS["name"],
+    "vhost": LIMITS["vhost"],
+    "pattern": LIMITS["pattern"],
+    "apply-to": LIMITS["apply_to"],
+    "definition": dict(LIMITS["tags"]),
+    "priority": LIMITS["priority"],
 }
 
 
