@@ -203,7 +203,8 @@ def ensure_secrets(inventory_dir: Path) -> Path | None:
 
 
 # -- the packages of the stack image -------------------------------------------------------------------------------
-_APT_MODULES = ("ansible.builtin.apt", "ansible.legacy.apt", "apt")
+# the tasks that install packages: the collection's own action (dpkg asked first) and apt itself
+_APT_MODULES = ("unistra.itop.packages", "ansible.builtin.apt", "ansible.legacy.apt", "apt")
 _VAR_REF = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 
 
