@@ -776,17 +776,11 @@ class _Promotion(_Deployment):
     def rollback_switched(self, hosts: list[str]) -> RunResult:
         self.phase("rollback", record=False)  # the record keeps the phase that failed
         assert self.current is not None
-        # the run is the target's, as for `itopctl rollback`: its id and manifest (the stack playbook configures
-        # the workers from the target's work queues, and refuses a rollback given another release's)
+        # the run is the target's, as for `itopctl rollback`: its release's variables (the stack playbook
+        # configures the workers from the target's work queues, and refuses a rollback given another release's)
         back = self.store.require_release(self.current)
-        result = self.play(
-            "rollback",
-            hosts,
-            rollback_to=back.id,
-            restore_db=False,
-            release_id=back.id,
-            release_manifest=back.manifest,
-        )
+        as_target = self.o._extravars(back, self.stage, self.deployment_id)
+        result = self.play("rollback", hosts, **{**as_target, "rollback_to": back.id, "restore_db": False})
         self.record(runner_idents=self.idents)
         return result
 

@@ -36,9 +36,6 @@ def not_installed(names: Sequence[str], query_output: str) -> list[str]:
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = True
-
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
