@@ -570,8 +570,15 @@ class Orchestrator:
                 except LockLost as lost:
                     outcome = deployment.lock_lost(lost)
                 finally:
-                    # the same run reads what the hosts run now: the reference of the next drift check
-                    self._record_hosts(stage, deployment_id, self._release_hosts(stage, runner, own, read=True))
+                    # what the hosts run now, the reference of the next drift check, read as the host locks are
+                    # given back: by the deployment's last run if it closed the deployment, else by a run of its own
+                    closed = deployment.closed
+                    if closed is not None:
+                        if own:
+                            self.store.hold_host_locks(deployment_id, None)
+                    else:
+                        closed = self._release_hosts(stage, runner, own, read=True)
+                    self._record_hosts(stage, deployment_id, closed)
             return Outcome(outcome.status, outcome.message, outcome.exit_code, outcome.deployment, begun.gates)
 
     def _lock_lost(  # noqa: PLR0917 - one call per kind of deployment
@@ -615,25 +622,30 @@ class Orchestrator:
         return Outcome("lock_lost", message, ExitCode.LOCK_LOST, finished)
 
 
+def _failure(result: RunResult) -> str:
+    """Where a run failed, as its outcome says it."""
+    return ", ".join(result.failed_hosts) or f"status {result.status}, rc {result.rc}"
+
+
 def _rollback_outcome(  # noqa: PLR0917 - the facts of one rollback, in one place
     stage: str,
     state: StageState,
     target: str,
     restore_db: bool,
-    result: RunResult,
+    failed: str | None,
     verified: RunResult | None,
 ) -> tuple[str, tuple[str | None, str | None, str], str, ExitCode]:
-    """``(result, stage state, message, exit code)`` of a rollback from what its two runs did."""
+    """``(result, stage state, message, exit code)`` of a rollback: ``failed`` says where the rollback itself
+    failed (None: it is done), ``verified`` is the run that verified the stage after it (if it got there)."""
     current = state.current_release
-    if verified is not None and not verified.ok:
-        failed = ", ".join(verified.failed_hosts) or f"status {verified.status}, rc {verified.rc}"
+    if failed is None and verified is not None and not verified.ok:
         return (
             "failed",
             (target, current, f"rolled back from {current}; verify failed"),
-            f"{stage} rolled back from {current} to {target}, but verify failed ({failed})",
+            f"{stage} rolled back from {current} to {target}, but verify failed ({_failure(verified)})",
             ExitCode.FAILED,
         )
-    if result.ok:
+    if failed is None:
         restored = " (database restored)" if restore_db else ""
         return (
             "succeeded",
@@ -641,7 +653,6 @@ def _rollback_outcome(  # noqa: PLR0917 - the facts of one rollback, in one plac
             f"{stage} rolled back from {current} to {target}{restored}",
             ExitCode.OK,
         )
-    failed = ", ".join(result.failed_hosts) or f"status {result.status}, rc {result.rc}"
     return (
         "failed",
         (current, state.previous_release, f"rollback to {target} failed"),
@@ -690,6 +701,7 @@ class _Deployment:
         self.interrupt.phase = start.phase
         self.idents: list[str] = []
         self.switched: list[str] = []
+        self.closed: StageProbe | None = None  # the last run closed the deployment: what it read (see play)
         self.extravars = {
             **orchestrator._extravars(start.release, stage, deployment_id),
             **orchestrator._host_lock_vars(stage, lock),
@@ -709,18 +721,32 @@ class _Deployment:
         if record:
             self.record(phase=name)
 
-    def play(self, phase: str, limit: list[str] | None, **more: Any) -> RunResult:
-        """One playbook run, if the lock is still ours; the caller records what it did."""
+    def play(self, phase: str, limit: list[str] | None, *, close: bool = False, **more: Any) -> RunResult:
+        """One playbook run, if the lock is still ours; the caller records what it did.
+
+        ``close``: the deployment's last run, on every host, if it succeeds: the playbook is asked to close the
+        deployment itself (``itopctl_close``: give back the host locks and read each root, as itopctl's own run
+        does), which spares that run; :attr:`closed` is then what it read (None if it did not close)."""
         self.lock.check()
+        closing = {"itopctl_close": True, "itopctl_probe_roots": dict(self.stage.release_roots)}
         result = self.runner.run(
             phase=phase,
             playbook=self.stage.playbooks[phase],
             inventory=self.stage.inventory,
-            extravars={**self.extravars, "deploy_phase": phase, **more},
+            extravars={
+                **self.extravars,
+                "deploy_phase": phase,
+                **more,
+                **(closing if close and self.stage.release_roots else {}),
+            },
             limit=limit,
             project_dir=self.o.pipeline.path.parent,
         )
         self.idents.append(result.ident)
+        if close and self.stage.release_roots:
+            from .probe import closed_by  # noqa: PLC0415 - probe imports this module's neighbours only
+
+            self.closed = closed_by(self.stage, result)
         return result
 
     def finish(
@@ -743,22 +769,41 @@ class _Deployment:
         return self.o._lock_lost(self.deployment_id, lost, self.idents, self.switched, self.release.id, self.current)
 
 
+# the task of a rollback run that goes on to verify (playbooks/stack.yml, rollback_verify) once the rollback is done
+ROLLED_BACK_TASK = "The rollback is done on this host, its verify follows"
+
+
 class _Rollback(_Deployment):
-    """A rollback is one phase, then the stage's verify: Ctrl-C waits for the end of both."""
+    """A rollback is one phase, then the stage's verify, in one run when the stage's playbook does both (the same
+    file for both phases, and it verifies when given ``rollback_verify``: playbooks/stack.yml), else a run each;
+    Ctrl-C waits for the end of both."""
 
     def run(self) -> Outcome:
         target, restore_db = self.release.id, self.start.restore_db
         assert self.start.state is not None  # a rollback starts from a stage that runs something
-        result = self.play("rollback", None, rollback_to=target, restore_db=restore_db)
-        self.switched = result.ok_hosts
-        verified: RunResult | None = None
-        if result.ok:
+        together = self.stage.playbooks["rollback"] == self.stage.playbooks["verify"]
+        result = self.play(
+            "rollback",
+            None,
+            close=together,
+            rollback_to=target,
+            restore_db=restore_db,
+            **({"rollback_verify": True} if together else {}),
+        )
+        # the hosts that got to their verify in the same run: the rollback itself is done on them
+        past = result.hosts_past(ROLLED_BACK_TASK) if together else []
+        verified_here = bool(past) and set(past) >= set(result.hosts)
+        self.switched = past if verified_here else result.ok_hosts
+        verified: RunResult | None = result if verified_here else None
+        if verified_here:
+            self.record(phase="verify")
+        elif result.ok:
             # the operator must know the stage is healthy on the release it went back to
-            with self.lock.fenced():
-                self.store.update_deployment(self.deployment_id, phase="verify")
-            verified = self.play("verify", None)
+            self.record(phase="verify")
+            verified = self.play("verify", None, close=True)
+        failed = None if verified_here or result.ok else _failure(result)
         status, health, message, code = _rollback_outcome(
-            self.stage.name, self.start.state, target, restore_db, result, verified
+            self.stage.name, self.start.state, target, restore_db, failed, verified
         )
         return self.finish(
             status,
@@ -766,7 +811,7 @@ class _Rollback(_Deployment):
             code,
             health,
             hosts=sorted(result.hosts, key=natural_key),
-            switched_hosts=result.ok_hosts,
+            switched_hosts=self.switched,
         )
 
 
@@ -843,7 +888,8 @@ class _Promotion(_Deployment):
             )
         faults.point("before-verify")
         self.phase("verify")
-        verified = self.play("verify", ledger.switched)
+        # the last run when it succeeds: it closes the deployment when it covers every host
+        verified = self.play("verify", ledger.switched, close=set(ledger.switched) >= set(hosts))
         self.record(runner_idents=self.idents)
         faults.point("verified")
         if not verified.ok:

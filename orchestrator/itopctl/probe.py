@@ -4,15 +4,17 @@ engine, against what itopctl recorded.
 The state store says what itopctl last recorded; after a killed or abandoned deployment the hosts may run mixed
 releases, and someone may have switched or edited a host by hand. The probe runs one small playbook (below, written
 to a temporary file: it is part of itopctl, not of a project) through the same :class:`~itopctl.runner.PlaybookRunner`
-as every phase: the collection's module ``unistra.itop.release`` with ``operation: info`` and ``checksum: true`` on
-each application root of the stage (``release_roots`` in the pipeline; paths may use Ansible variables, e.g.
-``"{{ lab_root }}/{{ inventory_hostname }}"``): the current release and the checksum of its tree. It changes nothing
-on the hosts. The module results are read back from the run's own event records.
+as every phase, which runs the collection's ``unistra.itop.app_release`` ``tasks_from: hosts`` (the same tasks close
+a deployment in its last run, :func:`closed_by`): the module ``unistra.itop.release`` with ``operation: info`` and
+``checksum: true`` on each application root of the stage (``release_roots`` in the pipeline; paths may use Ansible
+variables, e.g. ``"{{ lab_root }}/{{ inventory_hostname }}"``): the current release and the checksum of its tree. It
+changes nothing on the hosts. The module results are read back from the run's own event records.
 
 :func:`release_host_locks` runs the same playbook with the ``unlock`` task too: at the end of each promotion and
 rollback itopctl gives back the engine's host lock it held on every root with its stage-lock token
 (``deploy_lock_id``), whatever the outcome, since the site playbooks take it at the start of every phase but cannot
-know the last one; the same run reads the hosts, and the store keeps that as the stage's drift reference.
+know the last one (unless the deployment's last run did it itself, as it succeeded: :func:`closed_by`); the same run
+reads the hosts, and the store keeps that as the stage's drift reference.
 :func:`compare` is the drift check: each root now against that reference."""
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from .pipeline import Pipeline, Stage
 from .runner import PlaybookRunner, RunResult
 from .store import HostTree
 
-UNLOCK_TASK = "Give back the host lock of the deployment"
+# the read's task in the collection's unistra.itop.app_release tasks_from hosts, whose results are read back
 PROBE_TASK = "Read the release state of each application root"
-HOSTS_PLAYBOOK = f"""\
+HOSTS_PLAYBOOK = """\
 # itopctl's own run on every host of a stage: first the host locks of the deployments in itopctl_lock_ids given back
 # on each root (the end of a deployment, or what a killed itopctl left), then, with itopctl_probe_read, the release
 # engine's info on each root with the checksum of its current release tree (status --probe, the drift check, what
@@ -40,28 +42,14 @@ HOSTS_PLAYBOOK = f"""\
   hosts: all
   gather_facts: false
   tasks:
-    - name: {UNLOCK_TASK}
-      unistra.itop.release:
-        root: "{{{{ item.0.value }}}}"
-        operation: unlock
-        lock_id: "{{{{ item.1 }}}}"
-      loop: "{{{{ itopctl_probe_roots | dict2items | product(itopctl_lock_ids) | list }}}}"
-      loop_control:
-        label: "{{{{ item.0.key }}}}"
-      register: __itopctl_unlock
-      # a root locked by someone else now (its lease ran out and it was taken over) is theirs: left alone
-      failed_when: __itopctl_unlock is failed and 'another lock_id' not in (__itopctl_unlock.msg | default(''))
-
-    - name: {PROBE_TASK}
-      unistra.itop.release:
-        root: "{{{{ item.value }}}}"
-        operation: info
-        checksum: true
-      loop: "{{{{ itopctl_probe_roots | dict2items }}}}"
-      loop_control:
-        label: "{{{{ item.key }}}}"
-      check_mode: true
-      when: itopctl_probe_read | bool
+    - name: Give back the host locks and read each root
+      ansible.builtin.include_role:
+        name: unistra.itop.app_release
+        tasks_from: hosts
+      vars:
+        app_release_hosts_roots: "{{ itopctl_probe_roots }}"
+        app_release_hosts_lock_ids: "{{ itopctl_lock_ids }}"
+        app_release_hosts_read: "{{ itopctl_probe_read }}"
 """
 
 
@@ -223,6 +211,17 @@ def release_host_locks(
         runner, pipeline, stage, phase, HOSTS_PLAYBOOK, itopctl_lock_ids=list(lock_ids), itopctl_probe_read=read
     )
     return result, (_probe(stage, result) if read else None)
+
+
+def closed_by(stage: Stage, result: RunResult) -> StageProbe | None:
+    """What the hosts run, as read by a deployment's last run when it closed the deployment itself (the stage's
+    playbook given ``itopctl_close``: its host locks given back and each root read, by the same tasks as
+    :data:`HOSTS_PLAYBOOK`); None when it did not (a run that failed, a playbook without the close), which leaves the
+    close to itopctl's own run."""
+    if not result.ok:
+        return None
+    probe = _probe(stage, result)
+    return probe if probe.hosts else None
 
 
 def probe_stage(runner: PlaybookRunner, pipeline: Pipeline, stage: Stage) -> StageProbe:

@@ -102,6 +102,17 @@ class RunResult:
     def ok_hosts(self) -> list[str]:
         return sorted(h for h, s in self.hosts.items() if not s.failed)
 
+    def hosts_past(self, task: str) -> list[str]:
+        """The hosts on which the task named ``task`` ran and succeeded, from the run's own event records: how far
+        a run that does several things (a rollback, then its verify) got on each host."""
+        found: set[str] = set()
+        for path in Path(self.private_data_dir).glob("artifacts/*/job_events/*.json"):
+            event = json.loads(path.read_text(encoding="utf-8"))
+            data = event.get("event_data") or {}
+            if event.get("event") == "runner_on_ok" and data.get("task") == task:
+                found.add(str(data.get("host", "")))
+        return sorted(found)
+
 
 @dataclass
 class Progress:

@@ -168,3 +168,76 @@ def test_compare_tells_drift_from_what_cannot_be_checked() -> None:
     assert compare([], probe) == Drift(False, notes=("nothing recorded for prod yet (recorded at the end of each "
                                                      "deployment)",))  # fmt: skip
     assert compare(reference, _probe(*probe.hosts), unrecorded=9).checked is False
+
+
+def _locked_roots(project: Project) -> list[str]:
+    """The hosts whose root holds a release engine's host lock (its lock file)."""
+    return sorted(p.parent.name for p in project.lab_root.glob("*/.deploy.lock"))
+
+
+@pytest.mark.parametrize("closes", [True, False], ids=["closed-by-its-last-run", "closed-by-itopctl"])
+def test_a_deployment_ends_with_its_host_locks_given_back_and_the_hosts_read(project: Project, closes: bool) -> None:
+    """The last run closes the deployment (no run of itopctl's own after it); a playbook that does not close it gets
+    itopctl's closing run. Either way no host lock is left and the drift reference is what the hosts run."""
+    if not closes:
+        (project.lab_root / "no-close").write_text("")
+    project.add("r2")
+    before = runs(project)
+    done = project.run("deploy", "r2")
+    assert done.code == ExitCode.OK, done.err
+    kinds = [name.split("-")[1] for name in sorted(set(runs(project)) - set(before))]
+    assert kinds == ["probe", "prepare", "switch", "switch", "verify"] + ([] if closes else ["unlock"]), kinds
+    assert _locked_roots(project) == []
+    with project.store() as store:
+        trees = store.host_trees("dev")
+        assert store.held_host_locks("dev") == {}
+    assert [(t.host, t.current_release, t.deployment_id) for t in trees] == [("dev-1", "r2", 2), ("dev-2", "r2", 2)]
+
+    before = runs(project)
+    back = project.run("rollback", "dev", "--to", "r1")
+    assert back.code == ExitCode.OK, back.err
+    assert "dev rolled back from r2 to r1" in back.out
+    kinds = [name.split("-")[1] for name in sorted(set(runs(project)) - set(before))]
+    # one run, the verify in it, when the playbook verifies after a rollback: else a verify run and itopctl's close
+    assert kinds == (["rollback"] if closes else ["rollback", "verify", "unlock"]), kinds
+    assert project.current("dev-1") == project.current("dev-2") == "r1"
+    assert _locked_roots(project) == []
+    last = project.run("history", "--json", "--limit", "1").json()[0]
+    assert (last["kind"], last["result"], last["phase"]) == ("rollback", "succeeded", "verify")
+    assert sorted(last["switched_hosts"]) == ["dev-1", "dev-2"]
+    with project.store() as store:
+        assert [(t.current_release, t.deployment_id) for t in store.host_trees("dev")] == [("r1", 3), ("r1", 3)]
+    assert probe_json(project)["drift"]["drifted"] == []  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("marker", "said", "runs_on"),
+    [
+        ("fail-verify-r1-dev-2", "dev rolled back from r2 to r1, but verify failed (dev-2)", "r1"),
+        ("fail-rollback-r1-dev-2", "rollback of dev to r1 failed (dev-2)", None),
+    ],
+    ids=["its-verify-fails", "the-rollback-fails"],
+)
+def test_a_rollback_in_one_run_tells_a_failed_verify_from_a_failed_rollback(
+    project: Project, marker: str, said: str, runs_on: str | None
+) -> None:
+    project.add("r2")
+    assert project.run("deploy", "r2").code == 0
+    (project.lab_root / marker).write_text("")
+    before = runs(project)
+    back = project.run("rollback", "dev", "--to", "r1")
+    assert back.code == ExitCode.FAILED, back.out
+    assert said in back.out, back.out
+    kinds = [name.split("-")[1] for name in sorted(set(runs(project)) - set(before))]
+    assert kinds == ["rollback", "unlock"], kinds  # the failed run closed nothing: itopctl's close did
+    assert _locked_roots(project) == []
+    last = project.run("history", "--json", "--limit", "1").json()[0]
+    status = project.run("status", "--json").json()
+    dev = next(s for s in status if s["stage"] == "dev")
+    if runs_on:  # rolled back everywhere: the stage runs the target, not verified
+        assert sorted(last["switched_hosts"]) == ["dev-1", "dev-2"]
+        assert (dev["current"], dev["health"]) == ("r1", "rolled back from r2; verify failed")
+        assert last["phase"] == "verify"
+    else:
+        assert dev["current"] == "r2"
+        assert last["phase"] == "rollback"
