@@ -867,9 +867,8 @@ class _Promotion(_Deployment):
         self.phase("switch")
         ledger.switched = self.switched
         for number, (group, batch) in enumerate(self.switch_steps(hosts), start=1):
-            result = self.play(
-                "switch", batch, deploy_batch=number, **({"deploy_switch_group": group} if group else {})
-            )
+            more: dict[str, Any] = {"deploy_switch_group": group} if group else {}
+            result = self.play("switch", batch, deploy_batch=number, **more)
             self.switched.extend(h for h in batch if h not in self.switched)
             self.record(switched_hosts=self.switched, runner_idents=self.idents)
             faults.point("switched")

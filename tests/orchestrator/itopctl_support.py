@@ -122,8 +122,8 @@ stages:
 
 def make_project(root: Path, state_url: str, hosts: dict[str, int] | None = None) -> Project:
     hosts = hosts or {"dev": 1, "test": 2, "prod": 3}
-    (root / "playbooks").mkdir(parents=True)
-    for name in ("local_release.yml", "local_lock.yml"):
+    (root / "playbooks" / "tasks").mkdir(parents=True)
+    for name in ("local_release.yml", "tasks/local_lock.yml"):
         (root / "playbooks" / name).write_text((HERE / "playbooks" / name).read_text())
     (root / "inventories").mkdir()
     for stage, count in hosts.items():
