@@ -9,9 +9,10 @@ through Ansible. It prints one JSON object and never a secret:
      "queues": {queue: {"messages": n, "consumers": n}}, "problems": [...]}
 
 ``wait`` polls until every node answers ``ping``, consumes every queue of its group (``active_queues``) and every
-queue has a consumer, or the timeout passes (exit 3). ``status`` looks once and also reads the no-loss settings
-(``task_acks_late``, ``task_reject_on_worker_lost``, ``worker_prefetch_multiplier``) of each node (exit 3 if a
-check fails). Usage:
+queue has a consumer, or the timeout passes (exit 3); while a node does not answer ``ping`` (it is still starting)
+it pings again at once, without asking the others what they consume. ``status`` looks once and also reads the
+no-loss settings (``task_acks_late``, ``task_reject_on_worker_lost``, ``worker_prefetch_multiplier``) of each node
+(exit 3 if a check fails). Usage:
 
     celery_probe.py wait|status --node default.r2:tickets,retry --node slow.r2:slow [--timeout 60]
 
@@ -58,9 +59,21 @@ def queue_counts(app: Celery, queues: set[str]) -> dict[str, dict[str, Any]]:
     return counts
 
 
-def look(app: Celery, nodes: dict[str, list[str]], timeout: float, settings: bool) -> dict[str, Any]:
+def look(
+    app: Celery, nodes: dict[str, list[str]], timeout: float, settings: bool, *, wait: bool = False
+) -> dict[str, Any]:
+    """One look at the nodes. ``wait``: a node not answering ping ends the look there (its queues cannot be asked)."""
     destination = list(nodes)
+    # with a destination, ping returns as soon as every node answered; only a node missing costs the timeout
     pongs = {name for reply in app.control.ping(destination=destination, timeout=timeout) or [] for name in reply}
+    if wait and not pongs >= set(nodes):
+        silent = [node for node in nodes if node not in pongs]
+        return {
+            "nodes": {node: {"ping": node in pongs} for node in nodes},
+            "problems": [f"{node} does not answer ping" for node in silent],
+            "queues": {},
+            "ok": False,
+        }
     inspect = app.control.inspect(destination=destination, timeout=timeout)
     active = inspect.active_queues() or {}
     conf = (inspect.conf(with_defaults=True) or {}) if settings else {}
@@ -96,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     app = Celery(set_as_current=False)
     app.config_from_envvar("CELERY_CONFIG_MODULE")
     start = time.monotonic()
+    wait = args.mode == "wait"
     while True:
-        report = look(app, nodes, timeout=1.0, settings=args.mode == "status")
-        if report["ok"] or args.mode == "status" or time.monotonic() - start > args.timeout:
+        report = look(app, nodes, timeout=0.5 if wait else 1.0, settings=not wait, wait=wait)
+        if report["ok"] or not wait or time.monotonic() - start > args.timeout:
             break
-        time.sleep(0.5)
+        if all(entry["ping"] for entry in report["nodes"].values()):  # the ping waited already otherwise
+            time.sleep(0.25)
     report["waited"] = round(time.monotonic() - start, 2)
     report["host"] = socket.gethostname()
     print(json.dumps(report, sort_keys=True))
