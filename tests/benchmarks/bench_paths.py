@@ -168,12 +168,19 @@ class Lab:
             list(pool.map(one, self.hosts()))
         return time.monotonic() - started
 
+    def manifest(self, release: str) -> dict[str, Any]:
+        """The manifest the tree's builder wrote for ``release``."""
+        import yaml  # noqa: PLC0415
+
+        data: dict[str, Any] = yaml.safe_load((self.artifacts / "manifests" / f"{release}.yml").read_text())
+        return data
+
     def add_again(self, release: str, again: str) -> None:
         """Add ``release``'s manifest again as the release ``again``: the same artifacts, so the same schemas (a
         rollback between them moves no database)."""
         import yaml  # noqa: PLC0415
 
-        data = yaml.safe_load((self.artifacts / "manifests" / f"{release}.yml").read_text())
+        data = self.manifest(release)
         data["id"] = again
         data["description"] = f"{release}'s artifacts again (the benchmark's code-only rollback)"
         path = self.work / f"{again}.yml"
@@ -181,11 +188,8 @@ class Lab:
         self.itopctl("release", "add", str(path))
 
     def manifest_vars(self, release: str) -> Path:
-        import yaml  # noqa: PLC0415
-
-        data = yaml.safe_load((self.artifacts / "manifests" / f"{release}.yml").read_text())
         path = self.work / f"{release}.json"
-        path.write_text(json.dumps({"release_id": release, "release_manifest": data}))
+        path.write_text(json.dumps({"release_id": release, "release_manifest": self.manifest(release)}))
         return path
 
 
