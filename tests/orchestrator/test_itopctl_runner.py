@@ -312,7 +312,56 @@ def test_run_directories_are_rotated(tmp_path: Path, setup: tuple[Path, Path, Pa
         runner.run(phase="verify", playbook=playbook, inventory=inventory, extravars={"out_dir": str(out)}).ident
         for _ in range(3)
     ]
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == idents[1:]
+    # the fact cache is not a run (test_facts_are_gathered_once_then_read_from_the_cache)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name != ".facts") == idents[1:]
+
+
+GATHER = """\
+- name: Gather the distribution, as the stack's playbook does
+  hosts: all
+  gather_facts: true
+  gather_subset: ['!all', '!min', distribution]
+  tasks:
+    - name: Use a fact
+      ansible.builtin.debug:
+        msg: "{{ ansible_facts['distribution'] }}"
+"""
+
+
+def _gathered(tmp_path: Path, runner: PlaybookRunner, inventory: Path) -> list[str]:
+    """Run the gathering playbook once; the hosts whose facts were gathered (setup ran) in that run."""
+    playbook = tmp_path / "gather.yml"
+    playbook.write_text(GATHER)
+    result = runner.run(phase="verify", playbook=playbook, inventory=inventory)
+    assert result.ok, result
+    events = [json.loads(line) for line in (Path(result.private_data_dir) / "events.jsonl").read_text().splitlines()]
+    return sorted(e["host"] for e in events if e["event"] == "runner_on_ok" and e.get("task") == "Gathering Facts")
+
+
+def test_facts_are_gathered_once_then_read_from_the_cache(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    _, inventory, _ = setup
+    runner = PlaybookRunner(tmp_path / "runs", keep=1, environ=_environ())
+    assert _gathered(tmp_path, runner, inventory) == ["h1", "h2"]
+    cache = tmp_path / "runs" / ".facts"
+    assert len([p for p in cache.iterdir() if p.name.endswith(("h1", "h2"))]) == 2
+    assert _gathered(tmp_path, runner, inventory) == []  # the playbook still read the fact: its task passed
+    # keep=1: the older run went, the cache stays
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.name != ".facts"]) == 1
+    assert len([p for p in cache.iterdir() if p.name.endswith(("h1", "h2"))]) == 2
+
+
+def test_operator_gathering_settings_win_over_the_fact_cache(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    _, inventory, _ = setup
+    runner = PlaybookRunner(tmp_path / "runs", environ={**_environ(), "ANSIBLE_GATHERING": "implicit"})
+    env = runner.child_environment()
+    assert "ANSIBLE_CACHE_PLUGIN" not in env and env["ANSIBLE_GATHERING"] == "implicit"
+    assert _gathered(tmp_path, runner, inventory) == ["h1", "h2"]
+    assert _gathered(tmp_path, runner, inventory) == ["h1", "h2"]
+    assert not (tmp_path / "runs" / ".facts").exists()
+    pipeline_cache = PlaybookRunner(
+        tmp_path / "runs", environ=_environ(), environment={"ANSIBLE_CACHE_PLUGIN": "memory"}
+    )
+    assert "ANSIBLE_GATHERING" not in pipeline_cache.child_environment()
 
 
 def test_missing_playbook_or_inventory_is_bad_input(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:

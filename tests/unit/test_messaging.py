@@ -13,6 +13,7 @@ from ansible_collections.unistra.itop.plugins.module_utils.messaging import (
     WorkQueueError,
     celery_queues,
     lifecycle_definitions,
+    queue_consumers,
 )
 
 TICKETS = {"name": "tickets", "vhost": "/unistra", "retry_delay_ms": 2000, "max_retries": 2, "max_length": 100000}
@@ -212,3 +213,27 @@ def test_the_filters_wire_the_functions_and_turn_errors_into_filter_errors() -> 
     for name in ("message_lifecycle", "celery_queues"):
         with pytest.raises(AnsibleFilterError, match=r"item 0 \(q\): retry_delay_ms"):
             filters[name]([{"name": "q", "vhost": "/", "retry_delay_ms": -5}])
+
+
+def _consumer(name: str, vhost: str = "/unistra") -> dict[str, Any]:
+    return {"queue": {"name": name, "vhost": vhost}, "consumer_tag": "ctag", "channel_details": {}}
+
+
+def test_queue_consumers_counts_each_work_queue_present_in_its_own_vhost() -> None:
+    gone = {"name": "gone", "vhost": "/unistra", "state": "absent"}
+    consumers = [_consumer("tickets"), _consumer("tickets"), _consumer("tickets", "/other"), _consumer("celeryev.x"),
+                 _consumer("gone")]  # fmt: skip
+    assert queue_consumers([TICKETS, SLOW, gone], consumers) == {"tickets": 2, "slow": 0}
+    # one list per vhost read, as a loop registers them
+    assert queue_consumers([TICKETS, SLOW], [[_consumer("tickets")], [_consumer("slow"), {"odd": 1}]]) == {
+        "tickets": 1,
+        "slow": 1,
+    }
+    assert FilterModule().filters()["queue_consumers"]([TICKETS], []) == {"tickets": 0}
+
+
+def test_queue_consumers_refuses_what_is_not_work_queues_and_a_list() -> None:
+    with pytest.raises(WorkQueueError, match="consumers"):
+        queue_consumers([TICKETS], {"queue": {}})
+    with pytest.raises(AnsibleFilterError, match="vhost"):
+        FilterModule().filters()["queue_consumers"]([{"name": "tickets"}], [])

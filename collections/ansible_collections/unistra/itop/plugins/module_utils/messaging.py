@@ -331,3 +331,21 @@ def celery_queues(work_queues: Any) -> list[dict[str, Any]]:
         for queue in parse_work_queues(work_queues)
         if queue.state == "present"
     ]
+
+
+def queue_consumers(work_queues: Any, consumers: Any) -> dict[str, int]:
+    """How many consumers each work queue present has, by queue name, from the consumers RabbitMQ's management API
+    lists (``/api/consumers/<vhost>``, read as the channels register them: the queues' own consumer counts come
+    from statistics emitted every few seconds). ``consumers`` is that list, or several such lists (one per vhost).
+    A consumer of a queue of the same name in another vhost is not counted."""
+    present = [queue for queue in parse_work_queues(work_queues) if queue.state == "present"]
+    if not isinstance(consumers, list):
+        raise WorkQueueError("consumers", "(the list)", f"must be a list, got {type(consumers).__name__}")
+    flat = [c for item in consumers for c in (item if isinstance(item, list) else [item])]
+    seen: dict[tuple[str, str], int] = {}
+    for consumer in flat:
+        queue = consumer.get("queue") if isinstance(consumer, Mapping) else None
+        if isinstance(queue, Mapping):
+            key = (str(queue.get("vhost")), str(queue.get("name")))
+            seen[key] = seen.get(key, 0) + 1
+    return {queue.name: seen.get((queue.vhost, queue.name), 0) for queue in present}
