@@ -378,6 +378,16 @@ class Orchestrator:
         state = self.store.stage_state(stage.name)
         if not redeploy and state is not None and state.current_release == release.id and state.health == "healthy":
             return Outcome("nothing_to_do", f"{release.id} already runs on {stage.name}, verified", ExitCode.OK)
+        left = self.rolled_back_from(stage, release.id)
+        if left is not None:
+            # the release engine marks a release bad on every host a rollback left it on, and refuses to activate it:
+            # a promotion would prepare, then fail its switch and roll back again
+            raise refused(
+                f"{release.id} was rolled back on {stage.name} (deployment #{left.id}, {left.started_by}, "
+                f"{left.started_at}): its hosts mark it bad and refuse to switch to it; nothing was changed. Ship the "
+                f"fix as a new release (the same artifacts under a new id if nothing was wrong with them), or put it "
+                f"back on purpose with `itopctl rollback {stage.name} --to {release.id}`"
+            )
         checks = tuple(self.gates(release, stage))
         blocked = [c for c in checks if not c.ok]
         if blocked:
@@ -462,12 +472,32 @@ class Orchestrator:
         )
 
     # -- rollback --------------------------------------------------------------------------------------
+    @staticmethod
+    def _left_by_rollback(record: DeploymentRecord) -> str | None:
+        """The release a deployment rolled back from on its stage's hosts (which the engine marked bad there)."""
+        if record.kind == "rollback" and record.result == "succeeded" and record.from_release:
+            return record.from_release
+        if record.kind == "promote" and record.result == "rolled_back" and record.switched_hosts:
+            return record.release_id
+        return None
+
+    def rolled_back_from(self, stage: Stage, release_id: str) -> DeploymentRecord | None:
+        """The newest deployment that rolled ``stage`` back from ``release_id``, unless it ran there again since
+        (put back by a rollback to it, or promoted with its hosts' marks cleared by hand)."""
+        for record in self.store.deployments(stage=stage.name, limit=500):
+            if record.release_id == release_id and record.result == "succeeded":
+                return None
+            if self._left_by_rollback(record) == release_id:
+                return record
+        return None
+
     def rollback_target(self, stage: Stage, current: str) -> str | None:
         """The release the stage ran before ``current``, skipping releases rolled back on it, failed or rejected."""
         bad = {current}
         for record in self.store.deployments(stage=stage.name, limit=500):
-            if record.kind == "rollback" and record.result == "succeeded" and record.from_release:
-                bad.add(record.from_release)
+            left = self._left_by_rollback(record)
+            if left is not None:
+                bad.add(left)
             if record.kind == "promote" and record.result in ("rolled_back", "failed"):
                 bad.add(record.release_id)
         for record in self.store.deployments(stage=stage.name, limit=500):

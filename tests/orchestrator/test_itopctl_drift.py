@@ -33,7 +33,8 @@ def project(tmp_path: Path) -> Project:
 
 def runs(project: Project) -> list[str]:
     folder = project.root / "runs"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    # the runs, not the fact cache beside them (.facts)
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def probe_json(project: Project) -> dict[str, object]:

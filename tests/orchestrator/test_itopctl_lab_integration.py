@@ -183,6 +183,9 @@ def test_promote_two_stages_and_roll_back_on_systemd_containers(tmp_path: Path) 
         assert rolled.code == 0, rolled.err
         assert _current(app) == _current(data) == "releases/r1"
         assert _current(f"{prefix}-dev-1") == "releases/r2"
+        # the rollback marked r2 bad on pprd's hosts: promoting it there again is refused before any run
+        again = itopctl("promote", "r2", "--to", "pprd")
+        assert again.code == 3 and "r2 was rolled back on pprd" in again.err, again.err
 
         history = itopctl("history", "--json").json()
         assert [(d["stage"], d["kind"], d["release_id"], d["result"]) for d in history] == [

@@ -53,7 +53,15 @@ def test_rollback_command(project: Project) -> None:
     status = {row["stage"]: row for row in project.run("status", "--json").json()}
     assert status["dev"]["current"] == "r1" and status["dev"]["health"] == "rolled back from r2"
 
-    # r2 was rolled back: it is not a target any more, and nothing is older than r1
+    # r2 was rolled back: its hosts mark it bad, so a promotion of it is refused before any run
+    runs = sorted(p.name for p in (project.root / "runs").iterdir())
+    redo = project.run("deploy", "r2")
+    assert redo.code == ExitCode.REFUSED, redo.err
+    assert f"r2 was rolled back on dev (deployment #{record['id']}, bob" in redo.err
+    assert "itopctl rollback dev --to r2" in redo.err and "nothing was changed" in redo.err
+    assert sorted(p.name for p in (project.root / "runs").iterdir()) == runs
+    assert project.run("promote", "r2", "--to", "dev", "--check").code == ExitCode.REFUSED
+    # it is not a target any more either, and nothing is older than r1
     again = project.run("rollback", "dev")
     assert again.code == ExitCode.REFUSED and "no earlier good release on dev" in again.err
     assert project.run("rollback", "dev", "--to", "r3").code == ExitCode.BAD_INPUT
@@ -159,6 +167,9 @@ def test_failing_switch_batch_rolls_back_every_switched_host(sqlite_project: Pro
     assert "switch failed in batch 2 (test-2)" in record["message"]
     assert [i.split("-")[1] for i in record["runner_idents"]] == ["prepare", "switch", "switch", "rollback"]
     assert project.current("test-1") == project.current("test-2") == "r0"
+    # the automatic rollback left r2 bad on both hosts: promoting it again is refused up front, not rolled back again
+    again = project.run("promote", "r2", "--to", "test")
+    assert again.code == ExitCode.REFUSED and f"r2 was rolled back on test (deployment #{record['id']}" in again.err
 
 
 def test_sentry_release_and_deploy_recorded_token_never_stored(sqlite_project: Project) -> None:
